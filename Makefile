@@ -1,0 +1,48 @@
+# kwasi: `make demo` installs everything and runs the main job; `make test` installs and runs all tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD := build
+GUEST_OUT := $(BUILD)/guests
+# zig builds wasi-libc into its cache on first use; keep that inside the project, not in $HOME.
+export ZIG_GLOBAL_CACHE_DIR := $(abspath $(BUILD)/zig-cache)
+export ZIG_LOCAL_CACHE_DIR := $(abspath $(BUILD)/zig-cache)
+ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
+
+GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
+	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm
+
+.PHONY: install guests demo test lint bench clean
+
+$(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e 'runtime[dev]' -e operator
+	touch $@
+
+install: $(VENV)/.installed
+
+guests: $(GUESTS)
+
+$(GUEST_OUT)/classify_named.wasm: guests/classify.c guests/wasi_nn.h $(VENV)/.installed
+	@mkdir -p $(GUEST_OUT)
+	$(ZIGCC) -DNAMED -o $@ guests/classify.c
+
+$(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
+	@mkdir -p $(GUEST_OUT)
+	$(ZIGCC) -o $@ $<
+
+demo: install guests
+	$(PY) demo/main.py
+
+test: install guests lint
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check runtime operator tests bench
+	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator tests bench demo
+
+bench: install guests
+	$(PY) bench/boundary.py
+
+clean:
+	rm -rf $(BUILD)

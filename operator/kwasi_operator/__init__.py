@@ -1,0 +1,1 @@
+"""kwasi-operator: reconciles WasmInference custom resources (kwasi.dev/v1alpha1)."""

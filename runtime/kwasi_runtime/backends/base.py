@@ -1,0 +1,80 @@
+"""The one small interface every WASI-NN backend implements.
+
+The host (`kwasi_runtime.wasi_nn`) decodes guest memory into these calls and maps `NNError` to errnos;
+backends never see guest pointers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kwasi_runtime.abi import Errno, ExecutionTarget, NNError, TensorType
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dims: tuple[int, ...]
+    type: TensorType
+    data: bytes
+
+
+class ExecutionContext(abc.ABC):
+    """Per-`init_execution_context` state. Used by one guest thread at a time."""
+
+    @abc.abstractmethod
+    def set_input(self, index: int, tensor: Tensor) -> None: ...
+
+    @abc.abstractmethod
+    def compute(self) -> None: ...
+
+    @abc.abstractmethod
+    def get_output(self, index: int) -> bytes: ...
+
+    # WasmEdge's streaming extension; backends without it answer InvalidArgument as WasmEdge does.
+    def compute_single(self) -> None:
+        raise NNError(Errno.INVALID_ARGUMENT, "compute_single is not supported by this backend")
+
+    def get_output_single(self, index: int) -> bytes:
+        raise NNError(Errno.INVALID_ARGUMENT, "get_output_single is not supported by this backend")
+
+    def fini_single(self) -> None:
+        raise NNError(Errno.INVALID_ARGUMENT, "fini_single is not supported by this backend")
+
+    def close(self) -> None:
+        """Frees per-context resources (finalize_execution_context, or the end of a guest run)."""
+
+
+class Graph(abc.ABC):
+    """A loaded model as one guest sees it. Weights may be shared between graphs."""
+
+    @abc.abstractmethod
+    def init_execution_context(self) -> ExecutionContext: ...
+
+    def close(self) -> None:
+        """Called on `unload` and at the end of a guest run."""
+
+
+class NamedModel(abc.ABC):
+    """A model registered at start-up under a name (`--nn-preload`, `--nn-graph`), shared by every guest."""
+
+    @abc.abstractmethod
+    def graph(self, config: bytes | None) -> Graph:
+        """A graph for `load_by_name` (config None) or `load_by_name_with_config` (the guest's JSON bytes)."""
+
+    def close(self) -> None:
+        """Releases the shared weights at host shutdown."""
+
+
+class Backend(abc.ABC):
+    """Turns builders (guest `load`) or files (start-up preloads) into graphs for one family of models."""
+
+    @abc.abstractmethod
+    def load(self, builders: Sequence[bytes], target: ExecutionTarget) -> Graph:
+        """The guest's `load`: model bytes passed through guest memory."""
+
+    @abc.abstractmethod
+    def preload(self, paths: Sequence[Path], target: ExecutionTarget) -> NamedModel:
+        """A named model from host files. Raise ValueError for a start-up error naming the bad part."""

@@ -1,0 +1,212 @@
+"""Run a guest module in a fresh sandbox: new Store and instance, deadline, memory limit, WASI setup."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import wasmtime
+
+if TYPE_CHECKING:
+    from wasmtime._instance import InstanceExports
+
+from kwasi_runtime.engine import EngineSettings, deadline_ticks, make_engine
+from kwasi_runtime.guest_memory import GuestMemory
+from kwasi_runtime.module_cache import default_cache_dir, load_module
+from kwasi_runtime.wasi_nn import NNHost
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_LIMIT = 4 << 30  # the whole wasm32 address space; servers pass a tighter one
+_READONLY = {"readonly", "ro"}
+_WRITABLE = {"readwrite", "rw"}
+
+
+@dataclass(frozen=True)
+class Preopen:
+    host: Path
+    guest: str
+    writable: bool = False
+
+
+def parse_dir(value: str) -> Preopen:
+    """WasmEdge's `--dir`: `path` or `guest_path:host_path`, optionally suffixed `:readonly` or `:rw`.
+    Read-only unless `:rw` asks otherwise, because guests are untrusted."""
+    parts = value.split(":")
+    writable = False
+    if len(parts) > 1 and parts[-1].lower() in _READONLY | _WRITABLE:
+        writable = parts.pop().lower() in _WRITABLE
+    if len(parts) == 1 and parts[0]:
+        guest, host = parts[0], parts[0]
+    elif len(parts) == 2 and all(parts):
+        guest, host = parts
+    else:
+        raise ValueError(f"--dir {value!r}: expected path or guest_path:host_path[:readonly|:rw]")
+    if not Path(host).is_dir():
+        raise ValueError(f"--dir {value!r}: host directory {host!r} does not exist")
+    return Preopen(Path(host), guest, writable)
+
+
+Output = Literal["inherit", "discard"] | Callable[[bytes], None]
+
+
+@dataclass
+class WasiSetup:
+    args: Sequence[str] = ()
+    env: Sequence[tuple[str, str]] = ()
+    dirs: Sequence[Preopen] = ()
+    stdin: Literal["inherit", "empty"] | Path = "empty"
+    stdout: Output = "discard"
+    stderr: Output = "discard"
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float | None = None
+    memory_bytes: int = DEFAULT_MEMORY_LIMIT
+    fuel: int | None = None
+
+
+@dataclass
+class RunResult:
+    exit_code: int | None = 0
+    trap: str | None = None
+    trap_code: wasmtime.TrapCode | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.trap_code is wasmtime.TrapCode.INTERRUPT
+
+    @property
+    def out_of_fuel(self) -> bool:
+        return self.trap_code is wasmtime.TrapCode.OUT_OF_FUEL
+
+
+_engines: dict[EngineSettings, wasmtime.Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def shared_engine(settings: EngineSettings) -> wasmtime.Engine:
+    """One Engine (and one epoch ticker thread) per distinct setting in the process."""
+    with _engines_lock:
+        engine = _engines.get(settings)
+        if engine is None:
+            engine = _engines[settings] = make_engine(settings)
+        return engine
+
+
+class Sandbox:
+    """A compiled, linked guest; `run` instantiates it afresh every time. Safe to share between threads."""
+
+    def __init__(
+        self,
+        wasm: bytes | Path,
+        host: NNHost,
+        *,
+        settings: EngineSettings | None = None,
+        cache_dir: Path | Literal["default"] | None = "default",
+        fast_calls: bool = True,
+    ) -> None:
+        self.settings = settings or EngineSettings()
+        self.host = host
+        self.engine = shared_engine(self.settings)
+        data = wasm.read_bytes() if isinstance(wasm, Path) else wasm
+        cache = default_cache_dir() if cache_dir == "default" else cache_dir
+        self.module = load_module(self.engine, data, self.settings, cache)
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        host.define(linker, fast=fast_calls)
+        # Guests built for other hosts may import more; they fail only if they call it.
+        linker.define_unknown_imports_as_traps(self.module)
+        self._pre = linker.instantiate_pre(self.module)
+
+    @contextmanager
+    def instance(self, wasi: WasiSetup, limits: Limits | None = None) -> Iterator[Instance]:
+        """A fresh store and instance with this thread's WASI-NN state bound to it until the block ends.
+        Raises wasmtime errors from instantiation (e.g. the memory limit)."""
+        limits = limits or Limits()
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=limits.memory_bytes)
+        if self.settings.fuel:
+            store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
+        store.set_epoch_deadline(deadline_ticks(limits.timeout_s))
+        store.set_wasi(_wasi_config(wasi))
+        with self.host.guest_run() as run:
+            instance = self._pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports.get("memory")
+            if isinstance(memory, wasmtime.Memory):
+                run.memory = GuestMemory(memory)
+            yield Instance(store, instance, exports)
+
+    def run(self, wasi: WasiSetup, limits: Limits | None = None, entry: str = "_start") -> RunResult:
+        """Runs a WASI command to completion; traps, exits and deadline hits come back as a RunResult."""
+        try:
+            with self.instance(wasi, limits) as inst:
+                start = inst.exports.get(entry)
+                if not isinstance(start, wasmtime.Func):
+                    return RunResult(exit_code=None, trap=f"the module exports no function {entry!r}")
+                start(inst.store)
+                return RunResult(exit_code=0)
+        except wasmtime.ExitTrap as e:
+            return RunResult(exit_code=e.code)
+        except wasmtime.Trap as e:
+            return RunResult(exit_code=None, trap=_trap_reason(e), trap_code=e.trap_code)
+        except wasmtime.WasmtimeError as e:
+            return RunResult(exit_code=None, trap=_first_line(str(e)))
+
+
+@dataclass
+class Instance:
+    store: wasmtime.Store
+    instance: wasmtime.Instance
+    exports: InstanceExports
+
+
+def _wasi_config(setup: WasiSetup) -> wasmtime.WasiConfig:
+    cfg = wasmtime.WasiConfig()
+    cfg.argv = list(setup.args)
+    # Only what the caller passes: the host environment never leaks into a guest.
+    cfg.env = [list(kv) for kv in setup.env]
+    for d in setup.dirs:
+        cfg.preopen_dir(str(d.host), d.guest, d.writable)
+    if setup.stdin == "inherit":
+        cfg.inherit_stdin()
+    elif isinstance(setup.stdin, Path):
+        cfg.stdin_file = str(setup.stdin)
+    _set_output(cfg, setup.stdout, "stdout")
+    _set_output(cfg, setup.stderr, "stderr")
+    return cfg
+
+
+def _set_output(cfg: wasmtime.WasiConfig, out: Output, which: str) -> None:
+    if out == "inherit":
+        getattr(cfg, f"inherit_{which}")()
+    elif callable(out):
+        setattr(cfg, f"{which}_custom", out)
+    # "discard": WASI's default is a closed sink.
+
+
+def _trap_reason(e: wasmtime.Trap) -> str:
+    code = e.trap_code
+    if code is wasmtime.TrapCode.INTERRUPT:
+        return "deadline exceeded: the guest was interrupted"
+    if code is wasmtime.TrapCode.OUT_OF_FUEL:
+        return "fuel exhausted"
+    text = _first_line(e.message)
+    return f"{code.name.lower().replace('_', ' ')}: {text}" if code is not None else text
+
+
+def _first_line(text: str) -> str:
+    """The cause of a wasmtime error in one line: wasmtime puts it after "Caused by:", below the backtrace."""
+    _, _, cause = text.partition("Caused by:")
+    lines = [ln.strip() for ln in (cause or text).strip().splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error"
+    return lines[-1].removeprefix("wasm trap:").strip() if cause else lines[0]
