@@ -8,12 +8,14 @@ has its own tests.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
 from kwasi_runtime.abi import Errno, NNError, TensorType
 from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor
-from kwasi_runtime.sandbox import Sandbox, WasiSetup
+from kwasi_runtime.sandbox import Limits, Sandbox, WasiSetup
 from kwasi_testing import built_guest, host_with
 
 TEXT = "Paris — café 🌍!"
@@ -62,16 +64,29 @@ class ScriptedContext(ExecutionContext):
         self.graph.finis += 1
         self.out = []
 
+    def close(self) -> None:
+        self.graph.closed += 1
+
+
+class EndlessContext(ScriptedContext):
+    """A token every 20 ms, forever: only cancellation or the deadline ends it."""
+
+    def compute_single(self) -> None:
+        time.sleep(0.02)
+        self.out.append(b"tok ")
+
 
 class ScriptedGraph(Graph):
     def __init__(self, config: bytes | None) -> None:
         cfg = json.loads(config) if config else {}
         self.ctx_size = int(cfg.get("ctx-size", 1024))
         self.limit = int(cfg.get("n-ctx-limit", 1 << 30))
+        self.endless = bool(cfg.get("endless", False))
         self.finis = 0
+        self.closed = 0
 
     def init_execution_context(self) -> ExecutionContext:
-        return ScriptedContext(self)
+        return EndlessContext(self) if self.endless else ScriptedContext(self)
 
 
 class ScriptedModel(NamedModel):
@@ -130,3 +145,25 @@ def test_unknown_model_name(name: str) -> None:
     code, _, err = run([name, "hi"])
     assert code == 1
     assert "load_by_name_with_config failed: 8" in err
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["raw", "public"])
+def test_cancel_stops_the_stream_and_frees_the_context(fast: bool) -> None:
+    model = ScriptedModel()
+    sandbox = Sandbox(built_guest("llm_stream"), host_with(default=model), cache_dir=None, fast_calls=fast)
+    cancel = threading.Event()
+    chunks: list[bytes] = []
+
+    def on_chunk(data: bytes) -> None:
+        chunks.append(data)
+        if len(chunks) == 3:
+            cancel.set()
+
+    start = time.monotonic()
+    result = sandbox.run(WasiSetup(args=["g", "default", "hi", '{"endless": true}'], stdout=on_chunk),
+                         Limits(timeout_s=30), cancel=cancel)
+    assert time.monotonic() - start < 5
+    assert result.cancelled and result.exit_code is None
+    assert result.trap is not None and "cancelled" in result.trap
+    assert 3 <= len(chunks) <= 4  # at most the token in flight when the flag was set
+    assert model.graphs[0].closed == 1  # the context (and any KV slot it held) was freed

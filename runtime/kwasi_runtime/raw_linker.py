@@ -35,6 +35,9 @@ if _LIB is not None:
         ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
         ctypes.c_void_p, _CALLBACK, ctypes.c_void_p, _FINALIZER,
     ]
+    _trap_new = _LIB.wasmtime_trap_new
+    _trap_new.restype = ctypes.c_void_p
+    _trap_new.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     _caller_context = _LIB.wasmtime_caller_context
     _caller_context.restype = ctypes.c_void_p
     _caller_context.argtypes = [ctypes.c_void_p]
@@ -71,11 +74,13 @@ def define_i32_func(
     nparams: int,
     impl: Callable[..., int],
     keepalive: list[object],
+    trap_on: type[BaseException] | None = None,
 ) -> None:
     """Defines `module.name: (i32 x nparams) -> i32` calling `impl(caller, *params)`.
 
-    `impl` must never raise: a Python exception cannot cross the C callback. The callback objects are
-    appended to `keepalive`, which must outlive the linker and every store it instantiates.
+    A Python exception cannot cross the C callback: `trap_on` exceptions become a wasm trap carrying
+    their message, any other one errno 5. The callback objects are appended to `keepalive`, which must
+    outlive the linker and every store it instantiates.
     """
     if _LIB is None:
         raise RuntimeError("the raw wasmtime C API is not available")
@@ -88,7 +93,11 @@ def define_i32_func(
     def callback(_env: int | None, caller: int, slots: int, _count: int) -> int:
         try:
             rc = impl(RawCaller(caller), *unpack(string_at(slots, size)))
-        except BaseException:
+        except BaseException as e:  # nothing may unwind through the C frame
+            if trap_on is not None and isinstance(e, trap_on):
+                message = str(e).encode()
+                trap: int = _trap_new(message, len(message))
+                return trap
             rc = 5  # RuntimeError
         memmove(slots, pack_into_slot(rc), 4)
         return 0

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from kwasi_runtime.engine import EngineSettings, deadline_ticks, make_engine
 from kwasi_runtime.guest_memory import GuestMemory
 from kwasi_runtime.module_cache import default_cache_dir, load_module
-from kwasi_runtime.wasi_nn import NNHost
+from kwasi_runtime.wasi_nn import GuestCancelled, NNHost
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RunResult:
     exit_code: int | None = 0
     trap: str | None = None
     trap_code: wasmtime.TrapCode | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    cancelled: bool = False
 
     @property
     def timed_out(self) -> bool:
@@ -127,7 +127,9 @@ class Sandbox:
         self._pre = linker.instantiate_pre(self.module)
 
     @contextmanager
-    def instance(self, wasi: WasiSetup, limits: Limits | None = None) -> Iterator[Instance]:
+    def instance(
+        self, wasi: WasiSetup, limits: Limits | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[Instance]:
         """A fresh store and instance with this thread's WASI-NN state bound to it until the block ends.
         Raises wasmtime errors from instantiation (e.g. the memory limit)."""
         limits = limits or Limits()
@@ -137,7 +139,7 @@ class Sandbox:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
         store.set_epoch_deadline(deadline_ticks(limits.timeout_s))
         store.set_wasi(_wasi_config(wasi))
-        with self.host.guest_run() as run:
+        with self.host.guest_run(cancel) as run:
             instance = self._pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
@@ -145,10 +147,25 @@ class Sandbox:
                 run.memory = GuestMemory(memory)
             yield Instance(store, instance, exports)
 
-    def run(self, wasi: WasiSetup, limits: Limits | None = None, entry: str = "_start") -> RunResult:
-        """Runs a WASI command to completion; traps, exits and deadline hits come back as a RunResult."""
+    def run(
+        self,
+        wasi: WasiSetup,
+        limits: Limits | None = None,
+        entry: str = "_start",
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        """Runs a WASI command to completion; traps, exits and deadline hits come back as a RunResult.
+        Setting `cancel` stops the guest at its next WASI-NN call (`RunResult.cancelled`)."""
+        result = self._run(wasi, limits, entry, cancel)
+        if result.exit_code is None and cancel is not None and cancel.is_set():
+            result.cancelled = True
+        return result
+
+    def _run(
+        self, wasi: WasiSetup, limits: Limits | None, entry: str, cancel: threading.Event | None
+    ) -> RunResult:
         try:
-            with self.instance(wasi, limits) as inst:
+            with self.instance(wasi, limits, cancel) as inst:
                 start = inst.exports.get(entry)
                 if not isinstance(start, wasmtime.Func):
                     return RunResult(exit_code=None, trap=f"the module exports no function {entry!r}")
@@ -160,6 +177,8 @@ class Sandbox:
             return RunResult(exit_code=None, trap=_trap_reason(e), trap_code=e.trap_code)
         except wasmtime.WasmtimeError as e:
             return RunResult(exit_code=None, trap=_first_line(str(e)))
+        except GuestCancelled as e:  # the public define_func path re-raises the host's exception
+            return RunResult(exit_code=None, trap=str(e))
 
 
 @dataclass

@@ -52,12 +52,17 @@ SIGNATURES: dict[str, int] = {
 }
 
 
+class GuestCancelled(Exception):
+    """Raised inside a host function to stop the guest with a trap (e.g. its HTTP client went away)."""
+
+
 @dataclass
 class GuestRun:
     """What the host functions need about the guest running on this thread."""
 
     session: NNSession = field(default_factory=NNSession)
     memory: GuestMemory | None = None
+    cancel: threading.Event | None = None
 
     def mem(self) -> GuestMemory:
         if self.memory is None:
@@ -77,6 +82,8 @@ def _errno_guard(name: str, fn: Callable[..., None]) -> Callable[..., int]:
     def guarded(*args: int) -> int:
         try:
             fn(*args)
+        except GuestCancelled:
+            raise
         except NNError as e:
             log.debug("%s -> %s: %s", name, e.errno.name, e)
             return int(e.errno)
@@ -104,10 +111,11 @@ class NNHost:
         self._keepalive: list[object] = []  # raw callbacks must outlive every linker and store
 
     @contextmanager
-    def guest_run(self) -> Iterator[GuestRun]:
-        """Binds a fresh handle table to this thread for one guest run and frees it afterwards."""
+    def guest_run(self, cancel: threading.Event | None = None) -> Iterator[GuestRun]:
+        """Binds a fresh handle table to this thread for one guest run and frees it afterwards.
+        Once `cancel` is set, the guest's next WASI-NN call traps, so a stream stops within one token."""
         previous = getattr(self._local, "run", None)
-        run = GuestRun()
+        run = GuestRun(cancel=cancel)
         self._local.run = run
         try:
             yield run
@@ -121,6 +129,8 @@ class NNHost:
         run: GuestRun | None = getattr(self._local, "run", None)
         if run is None:
             raise NNError(Errno.RUNTIME_ERROR, "no guest run is bound to this thread")
+        if run.cancel is not None and run.cancel.is_set():
+            raise GuestCancelled("cancelled by the host")
         return run
 
     def define(self, linker: wasmtime.Linker, fast: bool = True) -> None:
@@ -130,7 +140,8 @@ class NNHost:
         for name, nparams in SIGNATURES.items():
             guarded = _errno_guard(name, getattr(self, f"_{name}"))
             if use_raw:
-                raw_linker.define_i32_func(linker, IMPORT_MODULE, name, nparams, guarded, self._keepalive)
+                raw_linker.define_i32_func(linker, IMPORT_MODULE, name, nparams, guarded, self._keepalive,
+                                           trap_on=GuestCancelled)
             else:
                 linker.define_func(
                     IMPORT_MODULE,
