@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kwasi_runtime.abi import TensorTypeNumbering
@@ -20,6 +20,7 @@ from kwasi_runtime.wasi_nn import HostOptions, NNHost
 EXIT_TRAP = 134  # as wasmtime's CLI: 128 + SIGABRT
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_USAGE = 2
+DEFAULT_MAX_MEMORY_MIB = 4096
 
 log = logging.getLogger("kwasi_runtime")
 
@@ -31,24 +32,17 @@ def _env_pair(value: str) -> tuple[str, str]:
     return key, val
 
 
-def _positive_float(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if f <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-    return f
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+        return number
 
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-    return n
+    return parse
 
 
 def add_host_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,11 +55,11 @@ def add_host_arguments(p: argparse.ArgumentParser) -> None:
                    help="preopen a host directory, read-only unless suffixed :rw")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="set a guest environment variable (the host environment is never passed)")
-    p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
                    help="interrupt the guest after this many seconds (epoch deadline)")
-    p.add_argument("--max-memory", type=_positive_int, default=DEFAULT_MAX_MEMORY_MIB, metavar="MIB",
+    p.add_argument("--max-memory", type=_positive(int), default=DEFAULT_MAX_MEMORY_MIB, metavar="MIB",
                    help="linear memory limit per guest (default %(default)s MiB)")
-    p.add_argument("--fuel", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--fuel", type=_positive(int), default=None, metavar="N",
                    help="instruction fuel per run (off by default)")
     p.add_argument("--wasmedge-compat", action="store_true",
                    help="WasmEdge quirks: copy whole outputs past the guest's buffer size "
@@ -78,9 +72,6 @@ def add_host_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not cache compiled modules")
     p.add_argument("--log-level", default=os.environ.get("KWASI_LOG", "warning"),
                    choices=["debug", "info", "warning", "error"])
-
-
-DEFAULT_MAX_MEMORY_MIB = 4096
 
 
 def build_parser() -> argparse.ArgumentParser:
