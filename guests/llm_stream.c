@@ -70,6 +70,7 @@ int main(int argc, char **argv) {
     tokens++;
   }
   printf("\n");
+  fflush(stdout);
   fprintf(stderr, "[stop] code %u after %u tokens\n", stop, tokens);
   if (stop == NN_PROMPT_TOO_LONG) return 4;
   if (print_metadata(ctx, "after")) return 1;

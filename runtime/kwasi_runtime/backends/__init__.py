@@ -16,12 +16,9 @@ class BackendOptions:
     torch_output_f32: bool = False
 
 
-def _is_llm_path(path: Path) -> bool:
-    return path.suffix.lower() == ".gguf" or (path.is_dir() and (path / "config.json").exists())
-
-
 class Backends:
-    """One instance of each backend per host, created on first use, so that `load` shares caches."""
+    """One instance of each backend per host, created on first use (torch and the LLM code load lazily),
+    shared by every guest so that `load` caches are shared too."""
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
@@ -32,36 +29,36 @@ class Backends:
         """Adds a backend for an encoding (e.g. a no-op backend in benchmarks)."""
         self._extra[encoding] = backend
 
-    def _torchscript(self) -> Backend:
-        if "torchscript" not in self._instances:
-            from kwasi_runtime.backends.torchscript import TorchScriptBackend
+    def _instance(self, kind: str) -> Backend:
+        if kind not in self._instances:
+            if kind == "llm":
+                from kwasi_runtime.llm import LlmBackend
 
-            self._instances["torchscript"] = TorchScriptBackend(output_f32=self.options.torch_output_f32)
-        return self._instances["torchscript"]
+                self._instances[kind] = LlmBackend()
+            else:
+                from kwasi_runtime.backends.torchscript import TorchScriptBackend
 
-    def _llm(self) -> Backend:
-        if "llm" not in self._instances:
-            try:
-                from kwasi_runtime.llm import LlmBackend  # type: ignore[attr-defined,unused-ignore]
-            except ImportError as e:
-                raise LookupError(f"the LLM backend is not available: {e}") from None
-            self._instances["llm"] = LlmBackend()
-        return self._instances["llm"]
+                self._instances[kind] = TorchScriptBackend(output_f32=self.options.torch_output_f32)
+        return self._instances[kind]
+
+    def _backend(self, encoding: GraphEncoding, paths: Sequence[Path] = ()) -> Backend | None:
+        if encoding in self._extra:
+            return self._extra[encoding]
+        if encoding is GraphEncoding.GGML:
+            return self._instance("llm")
+        if encoding is GraphEncoding.PYTORCH:
+            from kwasi_runtime.llm.checkpoint import is_llm_path
+
+            # A GGUF or a Hugging Face directory under pytorch is an LLM; a file is a TorchScript archive.
+            return self._instance("llm" if any(is_llm_path(p) for p in paths) else "torchscript")
+        return None
 
     def for_preload(self, encoding: GraphEncoding, paths: Sequence[Path]) -> Backend:
         """The backend for a named model; raises ValueError naming the encoding when there is none."""
-        if encoding in self._extra:
-            return self._extra[encoding]
-        try:
-            if encoding is GraphEncoding.GGML:
-                return self._llm()
-            if encoding is GraphEncoding.PYTORCH:
-                if any(_is_llm_path(p) for p in paths):
-                    return self._llm()
-                return self._torchscript()
-        except LookupError as e:
-            raise ValueError(str(e)) from None
-        raise ValueError(f"no backend for graph encoding {encoding.name.lower()} in kwasi")
+        backend = self._backend(encoding, paths)
+        if backend is None:
+            raise ValueError(f"no backend for graph encoding {encoding.name.lower()} in kwasi")
+        return backend
 
     def for_load(self, encoding: int) -> Backend:
         """The backend for a guest's `load`; InvalidEncoding when the number names none we have."""
@@ -69,13 +66,7 @@ class Backends:
             enc = GraphEncoding(encoding)
         except ValueError:
             raise NNError(Errno.INVALID_ENCODING, f"unknown graph encoding {encoding}") from None
-        if enc in self._extra:
-            return self._extra[enc]
-        try:
-            if enc is GraphEncoding.PYTORCH:
-                return self._torchscript()
-            if enc is GraphEncoding.GGML:
-                return self._llm()
-        except LookupError as e:
-            raise NNError(Errno.INVALID_ENCODING, str(e)) from None
-        raise NNError(Errno.INVALID_ENCODING, f"no backend for graph encoding {enc.name.lower()}")
+        backend = self._backend(enc)
+        if backend is None:
+            raise NNError(Errno.INVALID_ENCODING, f"no backend for graph encoding {enc.name.lower()}")
+        return backend

@@ -1,0 +1,64 @@
+"""The `serve` subcommand's flags and entry point (the shared host flags come from kwasi_runtime.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return n
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--module", type=Path, default=None,
+                   help="WAGI guest serving every path outside /healthz, /readyz, /metrics and /v1/")
+    p.add_argument("--chat-module", type=Path, default=None,
+                   help="guest behind /v1/chat/completions and /v1/completions (default: the bundled openai_chat)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-concurrency", type=_count, default=4, metavar="N", help="guests running at once")
+    p.add_argument("--max-queue", type=_count, default=64, metavar="N",
+                   help="requests waiting for a guest before 429 (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=_count, default=4 << 20, metavar="N",
+                   help="request body limit, 413 beyond (default %(default)s)")
+    p.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    # A server must bound every request: no deadline is not an option here.
+    p.set_defaults(timeout=DEFAULT_TIMEOUT_S)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    from kwasi_runtime.cli import _env_pair, build_host
+    from kwasi_runtime.module_cache import default_cache_dir
+    from kwasi_runtime.sandbox import parse_dir
+    from kwasi_runtime.serve.server import ServeConfig, Server
+
+    try:
+        if args.module is not None and not args.module.is_file():
+            raise ValueError(f"module {str(args.module)!r} does not exist")
+        if args.chat_module is not None and not args.chat_module.is_file():
+            raise ValueError(f"chat module {str(args.chat_module)!r} does not exist")
+        config = ServeConfig(
+            host=args.host, port=args.port, module=args.module, chat_module=args.chat_module,
+            max_concurrency=max(1, args.max_concurrency), max_queue=args.max_queue, timeout_s=args.timeout,
+            max_body_bytes=args.max_body_bytes, grace_s=args.grace_period, memory_bytes=args.max_memory << 20,
+            fuel=args.fuel, env=tuple(_env_pair(v) for v in args.env),
+            dirs=tuple(parse_dir(v) for v in args.dir),
+            cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        )
+        host = build_host(args)
+    except ValueError as e:
+        print(f"kwasi-runtime: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(Server(config, host).serve_until_signal())

@@ -1,0 +1,205 @@
+"""Token timing at the WASI-NN boundary: named models wrapped so every request's guest reports its tokens.
+
+The wrapper sits between the host and the backend, so it sees exactly what the sandboxed guest asks for:
+one `compute_single` per generated token. It finds the request it belongs to through a thread-local that
+the server binds around each guest run (a Store runs on one thread, as the host's own state does).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kwasi_runtime.abi import Errno, NNError
+from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor
+from kwasi_runtime.named_models import NamedModels
+from kwasi_runtime.serve.metrics import Metrics
+
+METADATA_INDEX = 1  # WasmEdge GGML: get_output(1) is {"input_tokens", "output_tokens", ...}
+
+
+@dataclass
+class RequestRecord:
+    """What one request saw; written by its guest thread, read by the server when the request ends."""
+
+    arrival: float
+    module: str
+    model: str = ""
+    admitted: float | None = None
+    instantiate_s: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    tokens: int = 0
+    max_stall_s: float = 0.0
+    finish_reason: str | None = None  # what the guest reported, if it did
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_current = threading.local()
+
+
+def bind(record: RequestRecord | None) -> None:
+    """Makes `record` the request of guest runs on this thread (None unbinds)."""
+    _current.record = record
+
+
+def current() -> RequestRecord | None:
+    record: RequestRecord | None = getattr(_current, "record", None)
+    return record
+
+
+class Meter:
+    """Turns token events into histogram observations as they happen (TTFT must not wait for the end)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def streams(self, model: str) -> int:
+        with self._lock:
+            return self._busy.get(model, 0)
+
+    def generation_started(self, model: str) -> None:
+        with self._lock:
+            self._busy[model] = self._busy.get(model, 0) + 1
+
+    def generation_ended(self, model: str, prompt_tokens: int, generated: int) -> None:
+        with self._lock:
+            self._busy[model] = max(0, self._busy.get(model, 0) - 1)
+        record = current()
+        labels = {"model": model, "module": record.module if record else ""}
+        m = self.metrics
+        m.prompt_tokens.labels(**labels).inc(prompt_tokens)
+        m.generation_tokens.labels(**labels).inc(generated)
+        m.prompt_length.labels(**labels).observe(prompt_tokens)
+        m.generation_length.labels(**labels).observe(generated)
+
+    def token(self, model: str, started: float, now: float, first: bool) -> None:
+        self.metrics.token_rate(model).add(now)
+        record = current()
+        if record is None:
+            return
+        labels = {"model": model, "module": record.module}
+        with record._lock:
+            record.model = record.model or model
+            previous = record.last_token
+            record.tokens += 1
+            record.last_token = now
+            if record.first_token is None:
+                record.first_token = now
+        if previous is None:
+            self.metrics.time_to_first_token.labels(**labels).observe(now - record.arrival)
+        else:
+            gap = now - previous
+            self.metrics.inter_token_latency.labels(**labels).observe(gap)
+            record.max_stall_s = max(record.max_stall_s, gap)
+        if first:
+            self.metrics.prefill_time.labels(**labels).observe(now - started)
+
+
+class MeteredModel(NamedModel):
+    def __init__(self, name: str, inner: NamedModel, meter: Meter) -> None:
+        self.name = name
+        self.inner = inner
+        self.meter = meter
+
+    def graph(self, config: bytes | None) -> Graph:
+        record = current()
+        if record is not None and not record.model:
+            record.model = self.name
+        return MeteredGraph(self, self.inner.graph(config))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MeteredGraph(Graph):
+    def __init__(self, model: MeteredModel, inner: Graph) -> None:
+        self.model = model
+        self.inner = inner
+
+    def init_execution_context(self) -> ExecutionContext:
+        return MeteredContext(self.model, self.inner.init_execution_context())
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MeteredContext(ExecutionContext):
+    """Forwards every call; times compute_single and counts each generation once, at fini or close."""
+
+    def __init__(self, model: MeteredModel, inner: ExecutionContext) -> None:
+        self.model = model
+        self.inner = inner
+        self.generating = False
+        self.tokens = 0
+
+    def set_input(self, index: int, tensor: Tensor) -> None:
+        if index != METADATA_INDEX:
+            self._end_generation()  # a new prompt starts a new generation
+        self.inner.set_input(index, tensor)
+
+    def compute(self) -> None:
+        self.inner.compute()
+
+    def get_output(self, index: int) -> bytes:
+        return self.inner.get_output(index)
+
+    def compute_single(self) -> None:
+        first = not self.generating
+        if first:
+            self.generating = True
+            self.tokens = 0
+            self.model.meter.generation_started(self.model.name)
+        started = time.monotonic()
+        try:
+            self.inner.compute_single()
+        except NNError as e:
+            # End of generation is a sampled token too (GGML counts it in output_tokens).
+            if e.errno == Errno.END_OF_SEQUENCE:
+                self._token(started, first)
+            raise
+        self._token(started, first)
+
+    def _token(self, started: float, first: bool) -> None:
+        self.tokens += 1
+        self.model.meter.token(self.model.name, started, time.monotonic(), first)
+
+    def get_output_single(self, index: int) -> bytes:
+        return self.inner.get_output_single(index)
+
+    def fini_single(self) -> None:
+        self._end_generation()  # before the backend resets its counts
+        self.inner.fini_single()
+
+    def close(self) -> None:
+        self._end_generation()
+        self.inner.close()
+
+    def _end_generation(self) -> None:
+        if not self.generating:
+            return
+        self.generating = False
+        prompt, generated = self._usage()
+        self.model.meter.generation_ended(self.model.name, prompt, generated)
+
+    def _usage(self) -> tuple[int, int]:
+        """The backend's own counts, which the guest reports as `usage`; our count when it has none."""
+        try:
+            doc = json.loads(self.inner.get_output(METADATA_INDEX))
+            return int(doc["input_tokens"]), int(doc["output_tokens"])
+        except Exception:  # a backend without GGML metadata
+            return 0, self.tokens
+
+
+def meter_models(models: NamedModels, meter: Meter) -> NamedModels:
+    """The same names, each wrapped in a MeteredModel."""
+    metered = NamedModels()
+    for name in models.names():
+        inner = models.get(name)
+        if inner is not None:
+            metered.register(name, MeteredModel(name, inner, meter))
+    return metered

@@ -1,0 +1,151 @@
+"""Every Prometheus metric `kwasi-runtime serve` exports, defined in this one module.
+
+Names carry the `kwasi_` prefix and their unit (`_seconds`, `_tokens`, `_bytes`, `_ratio`); labels are `model`
+and `module` (plus the bounded `status`, `finish_reason` and `reason` on the counters that need them), never
+per-request values. Bucket lists are fixed here so dashboards and alerts can rely on them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# `_created` timestamps double the series count and no dashboard here uses them (process-wide switch).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# 1 ms … 80 s: from a cached-prefix TTFT on a GPU to a long CPU prefill or a whole long answer.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0,
+)
+# Instantiating a sandbox costs tens of microseconds (wasmtime-py.md §4c): resolve that, then the same ladder.
+SANDBOX_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS)
+TOKEN_COUNT_BUCKETS: tuple[float, ...] = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000,
+)
+
+LABELS = ("model", "module")
+FINISH_REASONS = ("stop", "length", "abort", "error")
+TOKEN_RATE_WINDOW_S = 10.0
+
+
+class Metrics:
+    """One set of metrics on its own registry (a server per test must not see another's counts)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, LABELS, buckets=buckets, registry=r)
+
+        self.time_to_first_token = hist(
+            "kwasi_time_to_first_token_seconds", "Request arrival to the first generated token.", LATENCY_BUCKETS)
+        self.inter_token_latency = hist(
+            "kwasi_inter_token_latency_seconds", "Time between two consecutive tokens of a stream (per token).",
+            LATENCY_BUCKETS)
+        self.time_per_output_token = hist(
+            "kwasi_time_per_output_token_seconds",
+            "Per request: (last token - first token) / (generated tokens - 1).", LATENCY_BUCKETS)
+        self.e2e_latency = hist(
+            "kwasi_e2e_request_latency_seconds", "Request arrival to the end of the response.", LATENCY_BUCKETS)
+        self.queue_time = hist(
+            "kwasi_request_queue_time_seconds", "Time a request waited for a free guest slot.", LATENCY_BUCKETS)
+        self.prefill_time = hist(
+            "kwasi_request_prefill_time_seconds",
+            "The first compute_single of a generation: prompt evaluation and the first sample.", LATENCY_BUCKETS)
+        self.instantiate_time = hist(
+            "kwasi_guest_instantiate_seconds", "Fresh Store + WASI setup + instantiation of the guest.",
+            SANDBOX_BUCKETS)
+        self.max_stall = hist(
+            "kwasi_stream_max_stall_seconds", "Longest gap between two tokens of one stream.", LATENCY_BUCKETS)
+        self.prompt_length = hist(
+            "kwasi_request_prompt_tokens", "Prompt length per generation.", TOKEN_COUNT_BUCKETS)
+        self.generation_length = hist(
+            "kwasi_request_generation_tokens", "Generated tokens per generation (end of generation included).",
+            TOKEN_COUNT_BUCKETS)
+
+        self.prompt_tokens = Counter("kwasi_prompt_tokens", "Prompt tokens processed.", LABELS, registry=r)
+        self.generation_tokens = Counter(
+            "kwasi_generation_tokens", "Tokens generated (end of generation included).", LABELS, registry=r)
+        self.requests = Counter(
+            "kwasi_requests", "Finished requests by HTTP status and finish reason (stop/length/abort/error).",
+            (*LABELS, "status", "finish_reason"), registry=r)
+        self.guest_traps = Counter(
+            "kwasi_guest_traps", "Guest runs that ended in a trap, by reason.", (*LABELS, "reason"), registry=r)
+
+        self.requests_running = Gauge(
+            "kwasi_requests_running", "Requests whose guest is running.", LABELS, registry=r)
+        self.requests_waiting = Gauge(
+            "kwasi_requests_waiting", "Requests queued for a guest slot.", LABELS, registry=r)
+        self.kv_cache_usage = Gauge(
+            "kwasi_kv_cache_usage_ratio",
+            "KV cache in use, 0-1 (the engine's own figure, else busy stream slots / slots).", ("model",),
+            registry=r)
+        self.tokens_per_second = Gauge(
+            "kwasi_generation_tokens_per_second", f"Generated tokens per second over the last "
+            f"{TOKEN_RATE_WINDOW_S:g} s.", ("model",), registry=r)
+        self.model_load = Gauge("kwasi_model_load_seconds", "Time to load a named model at start-up.", ("model",),
+                                registry=r)
+        # One process serves from its visible GPUs; the sum over them is what the pod's limit is about.
+        self.gpu_allocated = Gauge("kwasi_gpu_memory_allocated_bytes",
+                                   "torch.cuda.memory_allocated summed over devices (0 without CUDA).",
+                                   registry=r)
+        self.gpu_reserved = Gauge("kwasi_gpu_memory_reserved_bytes",
+                                  "torch.cuda.memory_reserved summed over devices (0 without CUDA).",
+                                  registry=r)
+
+        self._rates: dict[str, TokenRate] = {}
+        self._rates_lock = threading.Lock()
+        # model name -> KV usage 0..1; set by the server (it knows the engine or the slot count).
+        self.kv_usage_sources: dict[str, Callable[[], float]] = {}
+
+    def token_rate(self, model: str) -> TokenRate:
+        with self._rates_lock:
+            rate = self._rates.get(model)
+            if rate is None:
+                rate = self._rates[model] = TokenRate(TOKEN_RATE_WINDOW_S)
+            return rate
+
+    def refresh(self) -> None:
+        """Sets the gauges that are computed rather than counted; called right before each scrape."""
+        now = time.monotonic()
+        with self._rates_lock:
+            rates = dict(self._rates)
+        for model, rate in rates.items():
+            self.tokens_per_second.labels(model=model).set(rate.per_second(now))
+        for model, usage in self.kv_usage_sources.items():
+            self.kv_cache_usage.labels(model=model).set(min(1.0, max(0.0, usage())))
+        torch = sys.modules.get("torch")  # never import torch just to learn there is no GPU
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            devices = range(torch.cuda.device_count())
+            self.gpu_allocated.set(sum(torch.cuda.memory_allocated(i) for i in devices))
+            self.gpu_reserved.set(sum(torch.cuda.memory_reserved(i) for i in devices))
+
+    def exposition(self) -> bytes:
+        self.refresh()
+        return generate_latest(self.registry)
+
+
+class TokenRate:
+    """Token timestamps over a sliding window; appended from guest threads, read at scrape time."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, when: float) -> None:
+        with self._lock:
+            self._times.append(when)
+
+    def per_second(self, now: float) -> float:
+        with self._lock:
+            while self._times and self._times[0] < now - self.window_s:
+                self._times.popleft()
+            return len(self._times) / self.window_s
