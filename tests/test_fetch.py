@@ -58,3 +58,19 @@ def test_missing_and_unsupported(server: tuple[str, list[str]], tmp_path: Path) 
         fetch(f"{base}/nope.wasm", "0" * 64, tmp_path / "x")
     with pytest.raises(FetchError, match="unsupported URL scheme"):
         fetch("ftp://h/x", "0" * 64, tmp_path / "x")
+
+
+def test_cli_fetch_exit_codes(server: tuple[str, list[str]], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base, _ = server
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    cmd = [sys.executable, "-m", "kwasi_runtime.cli", "fetch", "--sha256"]
+    ok = subprocess.run([*cmd, digest, f"{base}/app.wasm", str(tmp_path / "m" / "app.wasm")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "m" / "app.wasm").read_bytes() == PAYLOAD
+    bad = subprocess.run([*cmd, "0" * 64, f"{base}/app.wasm", str(tmp_path / "n" / "app.wasm")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "fetch failed" in bad.stderr and "sha256 is" in bad.stderr

@@ -40,3 +40,23 @@ def test_missing_ggml_model_is_103_at_load(tmp_path: Path) -> None:
             "default", "hello")
     assert r.returncode == 3, r.stderr
     assert "Model not found" in r.stderr
+
+
+def test_nn_config_gives_a_named_model_defaults() -> None:
+    """The operator passes models[].config as --nn-config; the guest's own keys still win."""
+    defaults = json.dumps({"chat": True, "temp": 0, "ctx-size": 512})
+    r = run("--nn-preload", f"default:GGML:AUTO:{smollm2_gguf()}", "--nn-config", f"default={defaults}",
+            "--timeout", "240", built_guest("llm_stream"), "default", CHAT, '{"n-gpu-layers": 0}')
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout  # only chat mode (from the defaults) makes the JSON prompt a conversation
+    too_small = run("--nn-preload", f"default:GGML:AUTO:{smollm2_gguf()}", "--nn-config", f"default={defaults}",
+                    built_guest("llm_stream"), "default", CHAT, '{"ctx-size": 16}')
+    assert too_small.returncode == 4  # the guest's ctx-size overrode the default: PromptTooLong
+
+
+def test_nn_config_errors_stop_at_startup() -> None:
+    for flags, message in ((["--nn-config", "nope={}"], "--nn-config names no model: nope"),
+                           (["--nn-config", "default=[1]"], "expected a JSON object"),
+                           (["--nn-config", "default={x"], "not JSON")):
+        r = run("--nn-preload", f"default:GGML:AUTO:{smollm2_gguf()}", *flags, built_guest("llm_stream"), "d", "x")
+        assert r.returncode == 2 and message in r.stderr, r.stderr

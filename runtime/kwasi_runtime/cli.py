@@ -12,8 +12,9 @@ from pathlib import Path
 from kwasi_runtime.abi import TensorTypeNumbering
 from kwasi_runtime.backends import BackendOptions, Backends
 from kwasi_runtime.engine import EngineSettings
+from kwasi_runtime.fetch import FetchError, fetch
 from kwasi_runtime.module_cache import default_cache_dir
-from kwasi_runtime.named_models import ModelSpec, NamedModels, parse_nn_graph, parse_nn_preload
+from kwasi_runtime.named_models import ModelSpec, NamedModels, parse_nn_config, parse_nn_graph, parse_nn_preload
 from kwasi_runtime.sandbox import Limits, Preopen, Sandbox, WasiSetup, parse_dir
 from kwasi_runtime.serve.cli import add_serve_arguments, serve_main
 from kwasi_runtime.wasi_nn import HostOptions, NNHost
@@ -52,6 +53,8 @@ def add_host_arguments(p: argparse.ArgumentParser) -> None:
                    help="register a named model (WasmEdge syntax; encoding and target case-insensitive)")
     p.add_argument("--nn-graph", action="append", default=[], metavar="ENCODING::DIR",
                    help="register a named model from a directory (Wasmtime syntax; name = last component)")
+    p.add_argument("--nn-config", action="append", default=[], metavar="NAME=JSON",
+                   help="default graph config for a named model; the guest's own keys take precedence")
     p.add_argument("--dir", action="append", default=[], metavar="GUEST:HOST[:readonly|:rw]",
                    help="preopen a host directory, read-only unless suffixed :rw")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -85,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a WAGI guest and the OpenAI-compatible API over HTTP")
     add_host_arguments(serve)
     add_serve_arguments(serve)
+    fetch = sub.add_parser("fetch", help="download a module or model once, verified against its sha256")
+    fetch.add_argument("--sha256", required=True, help="expected lowercase hex digest")
+    fetch.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS")
+    fetch.add_argument("url")
+    fetch.add_argument("dest", type=Path)
+    fetch.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    try:
+        downloaded = fetch(args.url, args.sha256, args.dest, timeout_s=args.timeout)
+    except FetchError as e:
+        print(f"kwasi-runtime: fetch failed: {e}", file=sys.stderr)
+        return 1
+    log.info("%s %s", "downloaded" if downloaded else "already present:", args.dest)
+    return 0
 
 
 def build_host(args: argparse.Namespace) -> NNHost:
@@ -93,7 +112,8 @@ def build_host(args: argparse.Namespace) -> NNHost:
     specs: list[ModelSpec] = [parse_nn_preload(v) for v in args.nn_preload]
     specs += [parse_nn_graph(v) for v in args.nn_graph]
     backends = Backends(BackendOptions(torch_output_f32=args.wasmedge_compat))
-    models = NamedModels.load(specs, backends)
+    configs = dict(parse_nn_config(v) for v in args.nn_config)
+    models = NamedModels.load(specs, backends, configs)
     options = HostOptions(wasmedge_compat=args.wasmedge_compat,
                           tensor_types=TensorTypeNumbering(args.tensor_types))
     return NNHost(models, backends, options)
@@ -129,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="kwasi-runtime: %(levelname)s %(name)s: %(message)s")
-    code = serve_main(args) if args.command == "serve" else _run(args)
+    commands = {"run": _run, "serve": serve_main, "fetch": _fetch}
+    code = commands[args.command](args)
     sys.stdout.flush()
     sys.stderr.flush()
     # wasmtime's runtime threads can print a panic while the interpreter tears down; skip the teardown.

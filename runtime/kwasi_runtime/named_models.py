@@ -5,6 +5,7 @@ Models are loaded once at start-up and shared by every guest instance and thread
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from kwasi_runtime.abi import ExecutionTarget, GraphEncoding
 from kwasi_runtime.backends import Backends
-from kwasi_runtime.backends.base import NamedModel
+from kwasi_runtime.backends.base import Graph, NamedModel
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,47 @@ def parse_nn_graph(value: str) -> ModelSpec:
     return ModelSpec(name, encoding, ExecutionTarget.CPU, paths)
 
 
+def parse_nn_config(value: str) -> tuple[str, dict[str, object]]:
+    """`name=JSON-object`: default graph config for a named model (the operator's `models[].config`)."""
+    name, sep, raw = value.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--nn-config {value!r}: expected NAME={{json object}}")
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"--nn-config {name!r}: not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--nn-config {name!r}: expected a JSON object")
+    return name, config
+
+
+class ConfiguredModel(NamedModel):
+    """A named model with default config keys; a guest's own config keys take precedence over them."""
+
+    def __init__(self, model: NamedModel, defaults: dict[str, object]) -> None:
+        self.model = model
+        self.defaults = defaults
+
+    def graph(self, config: bytes | None) -> Graph:
+        merged = dict(self.defaults)
+        if config:
+            try:
+                guest = json.loads(config)
+            except ValueError:
+                return self.model.graph(config)  # let the backend report the guest's bad JSON its own way
+            if not isinstance(guest, dict):
+                return self.model.graph(config)
+            merged.update(guest)
+        return self.model.graph(json.dumps(merged).encode())
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __getattr__(self, name: str) -> object:
+        # Metering and readiness probes look for backend extras (e.g. kv_cache_usage) on the model.
+        return getattr(self.model, name)
+
+
 class NamedModels:
     """The name → model table every guest's `load_by_name` looks into."""
 
@@ -97,8 +139,11 @@ class NamedModels:
         self._models.clear()
 
     @classmethod
-    def load(cls, specs: Iterable[ModelSpec], backends: Backends) -> NamedModels:
+    def load(
+        cls, specs: Iterable[ModelSpec], backends: Backends, configs: dict[str, dict[str, object]] | None = None
+    ) -> NamedModels:
         """Loads every spec; raises ValueError with the model name on a start-up failure."""
+        configs = dict(configs or {})
         models = cls()
         for spec in specs:
             if models.get(spec.name) is not None:
@@ -109,6 +154,9 @@ class NamedModels:
                 model = backend.preload(spec.paths, spec.target)
             except ValueError as e:
                 raise ValueError(f"model {spec.name!r}: {e}") from None
-            models.register(spec.name, model)
+            defaults = configs.pop(spec.name, None)
+            models.register(spec.name, ConfiguredModel(model, defaults) if defaults else model)
             log.info("model %r loaded (%s, %s)", spec.name, spec.encoding.name.lower(), spec.target.name.lower())
+        if configs:
+            raise ValueError(f"--nn-config names no model: {', '.join(sorted(configs))}")
         return models
