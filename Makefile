@@ -36,7 +36,7 @@ $(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
 demo: install guests
 	$(PY) demo/main.py
 
-test: install guests lint
+test: install guests lint cluster-build
 	$(PY) -m pytest -q tests
 
 # Each test folder has its own conftest.py, so mypy looks at them one folder at a time.
@@ -49,6 +49,18 @@ lint: install
 
 bench: install guests
 	$(PY) bench/boundary.py
+
+# A real control plane for operator tests: kube-apiserver & co. built from the Go module proxy into
+# ~/.cache/kwasi-cluster (cold: 10-20 min on 2 cores, then reused). KWASI_SKIP_CLUSTER=1 skips it.
+CLUSTER := hack/cluster/cluster.sh
+.PHONY: cluster-build cluster-up cluster-down
+cluster-build:
+	@if [ "$${KWASI_SKIP_CLUSTER:-0}" = 0 ]; then $(CLUSTER) build; fi
+cluster-up:
+	$(CLUSTER) up
+	@echo 'eval "$$($(CLUSTER) env)"'
+cluster-down:
+	$(CLUSTER) down
 
 clean:
 	rm -rf $(BUILD)
