@@ -14,7 +14,7 @@ FROM base AS guests
 RUN pip install -c constraints.txt ziglang
 COPY guests/ guests/
 ENV ZIG_GLOBAL_CACHE_DIR=/tmp/zig ZIG_LOCAL_CACHE_DIR=/tmp/zig
-RUN mkdir -p /out && for g in classify llm_stream; do \
+RUN mkdir -p /out && for g in classify llm_stream openai_chat; do \
       python -m ziglang cc --target=wasm32-wasi -O2 -s -o /out/$g.wasm guests/$g.c; done && \
     python -m ziglang cc --target=wasm32-wasi -O2 -s -DNAMED -o /out/classify_named.wasm guests/classify.c
 
@@ -23,7 +23,7 @@ COPY runtime/ runtime/
 RUN pip install -c constraints.txt ./runtime && rm -rf /src/runtime && \
     useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin kwasi
 COPY --from=guests /out/ /opt/kwasi/guests/
-ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp
+ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["kwasi-runtime"]

@@ -48,7 +48,11 @@ lint: install
 	for d in $(filter-out tests/guests/,$(TEST_DIRS)); do $(VENV)/bin/mypy $$d || exit 1; done
 
 bench: install guests
+	# llama.cpp is a peer in bench/decode.py; it builds from source (about 20 min on 2 cores, once).
+	$(PY) -m pip install -q llama-cpp-python==0.3.36
 	$(PY) bench/boundary.py
+	$(PY) bench/decode.py
+	$(PY) bench/serve.py
 
 # A real control plane for operator tests: kube-apiserver & co. built from the Go module proxy into
 # ~/.cache/kwasi-cluster (cold: 10-20 min on 2 cores, then reused). KWASI_SKIP_CLUSTER=1 skips it.

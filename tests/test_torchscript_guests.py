@@ -116,3 +116,20 @@ def test_scores_are_float32_le(tiny_model: TinyModel) -> None:
     ctx.compute()
     raw = ctx.get_output(0)
     assert struct.unpack("<5f", raw) == pytest.approx(tiny_model.module(tiny_model.input)[0].tolist())
+
+
+def test_pytorch_encoding_routes_by_what_the_path_holds(tiny_model: TinyModel, tmp_path: Path) -> None:
+    """A TorchScript file goes to the TorchScript backend; a GGUF or an HF directory to the LLM backend."""
+    from kwasi_runtime.abi import GraphEncoding
+    from kwasi_runtime.backends import Backends
+    from kwasi_runtime.llm import LlmBackend
+
+    backends = Backends()
+    assert isinstance(backends.for_preload(GraphEncoding.PYTORCH, [tiny_model.path]), TorchScriptBackend)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    assert isinstance(backends.for_preload(GraphEncoding.PYTORCH, [hf_dir]), LlmBackend)
+    assert isinstance(backends.for_preload(GraphEncoding.PYTORCH, [tmp_path / "m.gguf"]), LlmBackend)
+    assert isinstance(backends.for_preload(GraphEncoding.GGML, [tmp_path / "m.gguf"]), LlmBackend)
+    assert backends.for_load(GraphEncoding.GGML) is backends.for_preload(GraphEncoding.GGML, [])
