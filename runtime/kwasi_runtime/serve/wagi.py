@@ -107,7 +107,8 @@ class PreludeParser:
         rest = buf[pos:]
         if not final:
             # Undecided while the unfinished line can still become a header line.
-            return None if _HEADER_PREFIX.match(rest) else _plain(buf)
+            # A lone "\r" may be the start of the "\r\n" that ends the block.
+            return None if rest == b"\r" or _HEADER_PREFIX.match(rest) else _plain(buf)
         if rest.strip():
             m = _HEADER_LINE.match(rest)
             if m is None:
