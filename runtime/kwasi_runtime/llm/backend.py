@@ -8,6 +8,10 @@
 
 Metadata sent with `set_input` updates the context that received it (WasmEdge updates the graph); contexts
 of one graph therefore never disturb each other.
+
+Contexts of one named model share its KV slots (`set_stream_slots`, default 4; `kwasi-runtime serve` passes
+its --max-concurrency): a context holds a slot from its first `compute_single` until end of generation,
+`fini_single`, the end of `compute`, or `close`; with every slot taken, a new generation fails with BUSY (4).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kwasi_runtime.llm.chat import ChatTemplateError, parse_messages, render_cha
 from kwasi_runtime.llm.config import UnsupportedModelError
 from kwasi_runtime.llm.engine import LoadedModel, Stream, Utf8Assembler
 from kwasi_runtime.llm.options import Options, parse_options
+from kwasi_runtime.llm.scheduler import DEFAULT_SLOTS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,25 @@ class LlmNamedModel(NamedModel):
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._live: LlmGraph | None = None
+        self._slots = DEFAULT_SLOTS
+
+    def set_stream_slots(self, n: int) -> None:
+        """KV slots per context length: how many contexts may generate at once (serve: --max-concurrency)."""
+        with self._lock:
+            self._slots = max(1, n)
+            loaded = list(self._loaded.values())
+        for model in loaded:
+            model.set_slots(self._slots)
+
+    def kv_cache_usage(self) -> float:
+        """Share of the allocated KV slots held by generating contexts (0 before any generation)."""
+        with self._lock:
+            loaded = list(self._loaded.values())
+        used, total = 0, 0
+        for model in loaded:
+            u, t = model.kv_usage()
+            used, total = used + u, total + t
+        return used / total if total else 0.0
 
     def graph(self, config: bytes | None) -> Graph:
         with self._lock:
@@ -76,6 +100,7 @@ class LlmNamedModel(NamedModel):
                 return self._loaded[str(device)]
             existing = next(iter(self._loaded.values()), None)
             loaded = existing.to(device) if existing is not None else self._load(device)
+            loaded.set_slots(self._slots)
             self._loaded[str(device)] = loaded
             return loaded
 
@@ -144,6 +169,7 @@ class LlmContext(ExecutionContext):
         loaded = self.graph.named.loaded_for(o)
         if loaded is not self.loaded:  # n-gpu-layers moved the model to another device
             prompt = self.stream.prompt
+            self.stream.release()
             self.loaded = loaded
             self.stream = self._new_stream()
             self.stream.set_prompt(prompt)
@@ -183,19 +209,22 @@ class LlmContext(ExecutionContext):
         stop = o.reverse_prompt.encode()
         eog = self.loaded.tokenizer.eog_ids
         produced = 0
-        while o.n_predict < 0 or produced < o.n_predict:
-            token = self.stream.step()  # CONTEXT_FULL propagates; the text so far stays readable
-            produced += 1
-            if token in eog and not o.ignore_eos:
-                break  # WasmEdge maps end of generation to success in compute
-            piece = self.loaded.tokenizer.piece(token)
-            self.output += piece
-            self.last_piece = piece
-            if o.stream_stdout:
-                sys.stdout.buffer.write(piece)
-                sys.stdout.flush()
-            if stop and stop in self.output[-(len(stop) + len(piece)):]:
-                break
+        try:
+            while o.n_predict < 0 or produced < o.n_predict:
+                token = self.stream.step()  # CONTEXT_FULL propagates; the text so far stays readable
+                produced += 1
+                if token in eog and not o.ignore_eos:
+                    break  # WasmEdge maps end of generation to success in compute
+                piece = self.loaded.tokenizer.piece(token)
+                self.output += piece
+                self.last_piece = piece
+                if o.stream_stdout:
+                    sys.stdout.buffer.write(piece)
+                    sys.stdout.flush()
+                if stop and stop in self.output[-(len(stop) + len(piece)):]:
+                    break
+        finally:
+            self.stream.release()  # the output stays readable; a later compute_single re-takes a slot
         if o.enable_log:
             log.info("prompt %d tokens, generated %d tokens", len(self.stream.prompt), len(self.stream.tokens))
 
@@ -209,6 +238,7 @@ class LlmContext(ExecutionContext):
             # Counted in output_tokens, but its text (e.g. "<|im_end|>") is not part of the answer.
             self.last_piece = b""
             self._restart = True
+            self.stream.release()  # the next call starts over from the prompt anyway
             raise NNError(Errno.END_OF_SEQUENCE, "end of generation")
         piece = self.loaded.tokenizer.piece(token)
         self.output += piece
@@ -238,7 +268,7 @@ class LlmContext(ExecutionContext):
         }).encode()
 
     def close(self) -> None:
-        self.stream = self._new_stream()  # drops the KV cache; the shared weights stay with the named model
+        self.stream.release()  # the KV slot goes back to the model's scheduler at once
 
 
 class LlmBackend(Backend):

@@ -1,7 +1,8 @@
 """Generation on top of the model: loaded weights shared per device, and per-stream decode state.
 
-`LoadedModel` is what a named model shares between graphs and contexts. `Stream` is one generation (one
-WASI-NN context, one KV-cache slot) with WasmEdge's step semantics. `LlmEngine` is the plain Python API
+`LoadedModel` is what a named model shares between graphs and contexts, including its slot schedulers (one per
+context length), which batch the decode steps of concurrent streams. `Stream` is one generation (one WASI-NN
+context, one KV-cache slot while it generates) with WasmEdge's step semantics. `LlmEngine` is the plain Python API
 (generate / stream) that benchmarks and tests call without wasm.
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ from kwasi_runtime.abi import Errno, NNError
 from kwasi_runtime.llm.chat import render_chat
 from kwasi_runtime.llm.checkpoint import load_checkpoint
 from kwasi_runtime.llm.config import ModelConfig
-from kwasi_runtime.llm.cuda_graphs import DecodeGraph, graphs_supported
-from kwasi_runtime.llm.model import KVCache, Transformer, build_model
+from kwasi_runtime.llm.cuda_graphs import graphs_supported
+from kwasi_runtime.llm.model import Transformer, build_model
 from kwasi_runtime.llm.sampling import Sampler, SamplingParams
+from kwasi_runtime.llm.scheduler import DEFAULT_SLOTS, Slot, SlotScheduler
 from kwasi_runtime.llm.tokenizer import TextTokenizer
 
 # llama.cpp refuses prompts longer than n_ctx - 4 (room for a few generated tokens).
@@ -41,6 +45,9 @@ class LoadedModel:
 
     model: Transformer
     tokenizer: TextTokenizer
+    slots: int = DEFAULT_SLOTS  # KV slots per context length: the most streams generating at once
+    _schedulers: dict[int, SlotScheduler] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def config(self) -> ModelConfig:
@@ -62,7 +69,29 @@ class LoadedModel:
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
         """The same weights on another device (deepcopy keeps tied embeddings tied)."""
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype or default_dtype(device))
-        return LoadedModel(model=model, tokenizer=self.tokenizer)
+        return LoadedModel(model=model, tokenizer=self.tokenizer, slots=self.slots)
+
+    def scheduler(self, ctx_size: int) -> SlotScheduler:
+        """The shared scheduler for streams of this context length (allocated on first use, then fixed)."""
+        with self._lock:
+            sched = self._schedulers.get(ctx_size)
+            if sched is None:
+                sched = self._schedulers[ctx_size] = SlotScheduler(self.model, self.slots, ctx_size)
+            return sched
+
+    def set_slots(self, n: int) -> None:
+        """Slot count for schedulers created from now on; an idle existing one is dropped and re-created."""
+        with self._lock:
+            self.slots = max(1, n)
+            for size, sched in list(self._schedulers.items()):
+                if sched.in_use() == 0:
+                    del self._schedulers[size]
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(slots in use, slots allocated) over every context length."""
+        with self._lock:
+            scheds = list(self._schedulers.values())
+        return sum(s.in_use() for s in scheds), sum(s.n_slots for s in scheds)
 
     def context_length(self, requested: int) -> int:
         """`ctx-size` 0 means min(4096, trained context), as llama.cpp's defaults give for most models."""
@@ -70,11 +99,13 @@ class LoadedModel:
 
 
 class Stream:
-    """One generation: prompt, static KV cache (one slot), sampler, generated tokens.
+    """One generation: prompt, a KV slot of the shared scheduler while generating, sampler, generated tokens.
 
     `step()` follows WasmEdge's compute_single: the first call evaluates the prompt and samples a token;
     each later call feeds the previous token back and samples the next one. Every sampled token is
-    appended, end-of-generation included; stopping is the caller's decision.
+    appended, end-of-generation included; stopping is the caller's decision. `step()` blocks while the
+    scheduler runs the forward, batched with every other stream of the model waiting at that moment.
+    `release()` gives the slot back (end of generation, fini_single, close); a later step re-takes one.
     """
 
     def __init__(self, loaded: LoadedModel, ctx_size: int, sampling: SamplingParams | None = None,
@@ -86,8 +117,9 @@ class Stream:
         self.prompt: list[int] = []
         self.tokens: list[int] = []
         self._history: list[int] = []  # prompt + tokens, for penalties
-        self._cache: KVCache | None = None
-        self._graph: DecodeGraph | None = None
+        self._sched = loaded.scheduler(ctx_size)
+        self._slot: Slot | None = None
+        self._release_on_gc: weakref.finalize | None = None  # type: ignore[type-arg]
         self._use_graphs = use_cuda_graphs and graphs_supported(loaded.device)
         self._logits: torch.Tensor | None = None
         self._pending: int | None = None  # last sampled token, fed to the model on the next step
@@ -104,6 +136,7 @@ class Stream:
 
     def reset(self) -> None:
         """Forget generated tokens; the next step re-evaluates the prompt (fini_single, or a new prompt)."""
+        self.release()
         self.tokens = []
         self._history = list(self.prompt)
         self._logits = None
@@ -113,14 +146,33 @@ class Stream:
 
     def resize(self, ctx_size: int) -> None:
         if ctx_size != self.ctx_size:
-            self.ctx_size = ctx_size
-            self._cache = None
-            self._graph = None
             self.reset()
+            self.ctx_size = ctx_size
+            self._sched = self.loaded.scheduler(ctx_size)
+
+    @property
+    def holds_slot(self) -> bool:
+        return self._slot is not None
+
+    def release(self) -> None:
+        """Gives the KV slot back; tokens and counts stay readable. Idempotent."""
+        if self._release_on_gc is not None:
+            self._release_on_gc()  # runs scheduler.release once and disarms the finalizer
+            self._release_on_gc = None
+        self._slot = None
+
+    def _take_slot(self) -> Slot:
+        slot = self._sched.acquire()
+        self._slot = slot
+        # A context dropped without close() (a trapped guest's store, a test) must not leak its slot.
+        self._release_on_gc = weakref.finalize(self, self._sched.release, slot)
+        return slot
 
     def step(self) -> int:
         if not self.started:
             self._start()
+        elif self._slot is None:
+            self._resume()
         elif self._pending is not None:
             if self._n_past >= self.ctx_size:
                 raise NNError(Errno.CONTEXT_FULL, f"context of {self.ctx_size} tokens is full")
@@ -144,37 +196,24 @@ class Stream:
         self._logits = self._prefill(self.prompt)
         self.started = True
 
-    def _ensure_cache(self) -> KVCache:
-        if self._cache is None:
-            self._cache = self.model.new_cache(1, self.ctx_size)
-        return self._cache
+    def _resume(self) -> None:
+        """Stepping on after the slot was given back (compute() then compute_single): re-evaluate what was fed."""
+        fed = self.prompt + self.tokens  # the pending token included: its logits are the next step's
+        if len(fed) > self.ctx_size:
+            raise NNError(Errno.CONTEXT_FULL, f"context of {self.ctx_size} tokens is full")
+        self._logits = self._prefill(fed)
+        self._pending = None
 
-    @torch.inference_mode()
     def _prefill(self, ids: Sequence[int]) -> torch.Tensor:
-        cache = self._ensure_cache()
-        device = self.loaded.device
-        logits = torch.empty(0)
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start:start + self.batch_size]
-            tokens = torch.tensor([chunk], device=device)
-            positions = torch.arange(start, start + len(chunk), device=device).unsqueeze(0)
-            logits = self.model(tokens, positions, cache, kv_len=start + len(chunk), last_only=True)[0, -1]
+        slot = self._slot or self._take_slot()
+        logits = self._sched.prefill(slot, ids, self.batch_size)
         self._n_past = len(ids)
         return logits
 
-    @torch.inference_mode()
     def _decode(self, token: int) -> torch.Tensor:
-        cache = self._ensure_cache()
-        pos = self._n_past
+        assert self._slot is not None
+        logits = self._sched.decode(self._slot, token, self._use_graphs)
         self._n_past += 1
-        if self._use_graphs:
-            if self._graph is None:
-                self._graph = DecodeGraph(self.model, cache)
-            return self._graph.run(token, pos)
-        device = self.loaded.device
-        tokens = torch.tensor([[token]], device=device)
-        positions = torch.tensor([[pos]], device=device)
-        logits: torch.Tensor = self.model(tokens, positions, cache, kv_len=pos + 1)[0, -1]
         return logits
 
     @torch.inference_mode()
@@ -186,12 +225,13 @@ class Stream:
             raise NNError(Errno.PROMPT_TOO_LONG,
                           f"embedding input of {len(self.prompt)} tokens exceeds batch-size {self.batch_size}")
         device = self.loaded.device
-        cache = self._ensure_cache()
+        # A private cache of exactly the prompt: embeddings are one forward, never decoded on, never batched.
+        cache = self.model.new_cache(1, len(self.prompt))
         tokens = torch.tensor([self.prompt], device=device)
         positions = torch.arange(len(self.prompt), device=device).unsqueeze(0)
         hidden = self.model.hidden_states(tokens, positions, cache, kv_len=len(self.prompt))[0]
         pooled = F.normalize(hidden.float().mean(dim=0), dim=0)
-        self.reset()  # the cache now holds the prompt, not a generation
+        self.reset()  # the next step starts a generation from the prompt
         return [float(x) for x in pooled.cpu()]
 
 
@@ -247,20 +287,23 @@ class LlmEngine:
         """Steps `stream` until a stop; appends the stop reason to `reason`."""
         limit = max_tokens if max_tokens >= 0 else math.inf
         produced = 0
-        while produced < limit:
-            try:
-                token = stream.step()
-            except NNError as exc:
-                if exc.errno != Errno.CONTEXT_FULL:
-                    raise
-                reason.append("context-full")
-                return
-            produced += 1
-            if token in self.tokenizer.eog_ids and not ignore_eos:
-                reason.append("eog")
-                return
-            yield token
-        reason.append("length")
+        try:
+            while produced < limit:
+                try:
+                    token = stream.step()
+                except NNError as exc:
+                    if exc.errno != Errno.CONTEXT_FULL:
+                        raise
+                    reason.append("context-full")
+                    return
+                produced += 1
+                if token in self.tokenizer.eog_ids and not ignore_eos:
+                    reason.append("eog")
+                    return
+                yield token
+            reason.append("length")
+        finally:
+            stream.release()  # also when the consumer stops iterating early
 
     def stream(self, prompt: str | Sequence[Mapping[str, Any]], max_tokens: int = 256,
                sampling: SamplingParams | None = None, ctx_size: int = 0) -> Iterator[str]:

@@ -2,8 +2,7 @@
 
 Layout follows gpt-fast: fused q/k/v and gate/up projections (fewer kernel launches per token, which is what
 bounds small models), RMSNorm in fp32, SDPA attention. The cache is allocated once per stream set with a
-leading *slot* dimension, so several streams can later share one batched forward; today a context owns one
-slot and runs batch 1.
+leading *slot* dimension, so several streams share one batched forward (see `scheduler.py`).
 """
 
 from __future__ import annotations
@@ -38,12 +37,15 @@ class KVCache:
     Also holds the RoPE cos/sin tables for its length.
     """
 
-    def __init__(self, model: Transformer, n_slots: int, length: int) -> None:
+    def __init__(self, model: Transformer, n_slots: int, length: int, zeroed: bool = True) -> None:
         cfg = model.config
         shape = (n_slots, cfg.n_kv_heads, length, cfg.head_dim)
         dtype, device = model.dtype, model.device
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        # zeroed=False leaves memory uncommitted until used (many slots x long contexts on CPU); the owner must
+        # then zero any position a masked read can reach (the slot scheduler does).
+        alloc = torch.zeros if zeroed else torch.empty
+        self.keys = [alloc(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.values = [alloc(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         cos, sin = cos_sin_table(model.inv_freq.cpu(), length)
         self.cos = cos.to(device=device, dtype=dtype)
         self.sin = sin.to(device=device, dtype=dtype)
@@ -57,7 +59,7 @@ class KVCache:
         k_rows = self.keys[layer].narrow(0, slot, batch)
         v_rows = self.values[layer].narrow(0, slot, batch)
         if batch == 1:
-            # Batch 1 (today's case): a plain index_copy along the position axis, cheapest on CPU.
+            # Batch 1 (solo decode, every prefill chunk): a plain index_copy along positions, cheapest on CPU.
             k_rows.index_copy_(2, positions[0], k)
             v_rows.index_copy_(2, positions[0], v)
         else:

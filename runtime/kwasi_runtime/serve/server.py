@@ -221,7 +221,15 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.port = config.port
         for name in self.model_names:
+            self._size_stream_slots(name)
             self.metrics.kv_usage_sources[name] = self._kv_usage(name)
+
+    def _size_stream_slots(self, name: str) -> None:
+        """Backends with fixed per-stream KV slots (the LLM engine) get one per guest that may run at once."""
+        inner = getattr(self.host.models.get(name), "inner", None)
+        configure = getattr(inner, "set_stream_slots", None)
+        if callable(configure):
+            configure(self.config.max_concurrency)
 
     def _kv_usage(self, name: str) -> Callable[[], float]:
         model = self.host.models.get(name)
