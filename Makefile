@@ -57,7 +57,7 @@ bench: install guests
 # A real control plane for operator tests: kube-apiserver & co. built from the Go module proxy into
 # ~/.cache/kwasi-cluster (cold: 10-20 min on 2 cores, then reused). KWASI_SKIP_CLUSTER=1 skips it.
 CLUSTER := hack/cluster/cluster.sh
-.PHONY: cluster-build cluster-up cluster-down
+.PHONY: cluster-build cluster-up cluster-down cluster-demo bench-operator
 cluster-build:
 	@if [ "$${KWASI_SKIP_CLUSTER:-0}" = 0 ]; then $(CLUSTER) build; fi
 cluster-up:
@@ -65,6 +65,13 @@ cluster-up:
 	@echo 'eval "$$($(CLUSTER) env)"'
 cluster-down:
 	$(CLUSTER) down
+# The operator on a throw-away local cluster with sample WasmInferences; `kubectl get wasminference` live (~1 min).
+cluster-demo: install
+	$(CLUSTER) build k8s etcd kwok
+	$(PY) -m kwasi_operator.demo --seconds 40
+# 200 WasmInferences at once on a throw-away cluster (bench/README.md).
+bench-operator: install
+	nice $(PY) bench/operator.py
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,195 @@
+"""kwasi-operator under load: create N WasmInference objects at once on the local control plane.
+
+Measures, with the operator running as a subprocess under its own ServiceAccount's RBAC:
+  - time from the first create until every object reports Ready=True,
+  - create -> Deployment latency (create call returned -> Deployment seen by a watch), p50 / p99,
+  - the operator's peak RSS (VmHWM).
+Targets on the 2-core dev machine: 200 Ready within 60 s, p50 <= 0.5 s, RSS <= 200 MB.
+
+  python bench/operator.py                    # starts a throw-away cluster (hack/cluster/cluster.sh)
+  python bench/operator.py --kubeconfig FILE  # uses a running cluster (admin kubeconfig)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lightkube import AsyncClient, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Namespace
+
+from kwasi_operator.kube import WasmInference
+from kwasi_operator.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "hack" / "cluster" / "cluster.sh"
+TARGET_READY_S = 60.0
+TARGET_P50_S = 0.5
+TARGET_RSS_MB = 200.0
+PORT_VARS = ("ETCD_PORT", "ETCD_PEER_PORT", "APISERVER_PORT", "KCM_PORT", "SCHEDULER_PORT", "KWOK_PORT")
+
+
+def manifest(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kwasi.dev/v1alpha1", "kind": "WasmInference",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "module": {"image": "registry.invalid/kwasi/bench:1"},
+            "models": [{"name": "default", "encoding": "ggml", "target": "auto",
+                        "source": {"url": "https://models.invalid/m.gguf", "sha256": "a" * 64}}],
+            # CPU pods allowed on the GPU nodes too: 3 kwok nodes x 110 pods hold 200 replicas.
+            "scheduling": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        },
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+async def run(kubeconfig: Path, n: int, concurrency: int, op: OperatorProcess, timeout: float) -> dict[str, float]:
+    client = AsyncClient(KubeConfig.from_file(str(kubeconfig)), field_manager="kwasi-bench")
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    await client.create(Namespace(metadata={"name": ns}))  # type: ignore[arg-type]
+    names = [f"wi-{i:04d}" for i in range(n)]
+    created: dict[str, float] = {}
+    deployed: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    dep_ready: dict[str, float] = {}  # the Deployment itself reports a ready replica
+
+    async def watch_deployments() -> None:
+        async for _, dep in client.watch(Deployment, namespace=ns):
+            name = dep.metadata.name if dep.metadata else None
+            if name and name not in deployed:
+                deployed[name] = time.perf_counter()
+            if name and dep.status and (dep.status.readyReplicas or 0) >= 1:
+                dep_ready.setdefault(name, time.perf_counter())
+
+    async def watch_ready() -> None:
+        async for _, wi in client.watch(WasmInference, namespace=ns):
+            conds = (wi.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                ready.setdefault(wi["metadata"]["name"], time.perf_counter())
+
+    watchers = [asyncio.create_task(watch_deployments()), asyncio.create_task(watch_ready())]
+    await asyncio.sleep(1.0)  # let the watches open
+    sem = asyncio.Semaphore(concurrency)
+
+    async def create(name: str) -> None:
+        async with sem:
+            await client.create(WasmInference(**manifest(name, ns)))
+            created[name] = time.perf_counter()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(create(name) for name in names))
+    t_created = time.perf_counter() - t0
+    deadline = t0 + timeout
+    while len(ready) < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+    t_all_ready = (max(ready.values()) - t0) if len(ready) == n else float("inf")
+    ready_after = sorted(t - t0 for t in ready.values()) or [float("inf")]
+    rss = op.peak_rss_bytes()
+    cpu = op.cpu_seconds()
+    (op.log_path.parent / "metrics.txt").write_text(op.metrics())
+    for w in watchers:
+        w.cancel()
+    latencies = [max(0.0, deployed[name] - created[name]) for name in names if name in deployed]
+    await client.delete(Namespace, ns)
+    for _ in range(240):  # leave a clean cluster for the next run
+        try:
+            await client.get(Namespace, ns)
+        except ApiError:
+            break
+        await asyncio.sleep(0.5)
+    await client.close()
+    return {
+        "n": n, "created_s": t_created, "ready": len(ready), "all_ready_s": t_all_ready,
+        "deployments": len(latencies),
+        "p50_s": statistics.median(latencies) if latencies else float("inf"),
+        "p99_s": percentile(latencies, 0.99) if latencies else float("inf"),
+        "max_s": max(latencies) if latencies else float("inf"),
+        "rss_mb": rss / 2**20, "cpu_s": cpu,
+        "first_ready_s": ready_after[0], "p50_ready_s": statistics.median(ready_after),
+        "p50_dep_ready_s": statistics.median([t - t0 for t in dep_ready.values()] or [float("inf")]),
+        "status_lag_p50_s": statistics.median([ready[k] - dep_ready[k] for k in ready if k in dep_ready] or [0.0]),
+    }
+
+
+def free_ports(k: int) -> list[int]:
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_cluster(run_dir: Path) -> tuple[Path, dict[str, str]]:
+    env = dict(os.environ, KWASI_CLUSTER_DIR=str(run_dir), KWASI_CLUSTER_WATCH_PID=str(os.getpid()))
+    env.update({f"KWASI_CLUSTER_{v}": str(p) for v, p in zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True)})
+    subprocess.run([str(CLUSTER), "up"], env=env, check=True, stdin=subprocess.DEVNULL)
+    return run_dir / "kubeconfig", env
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--count", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=50, help="create calls in flight")
+    p.add_argument("--kubeconfig", type=Path, help="admin kubeconfig of a running cluster (default: start one)")
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--operator-args", default="", help="extra kwasi-operator flags, e.g. '--max-inflight 8'")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="kwasi-bench-operator-"))
+    cluster_env: dict[str, str] | None = None
+    kubeconfig = args.kubeconfig
+    if kubeconfig is None:
+        kubeconfig, cluster_env = start_cluster(tmp / "cluster")
+    paths = subprocess.run([str(CLUSTER), "paths"], capture_output=True, text=True, check=True).stdout.split()
+    kubectl_bin = next((b for b in paths if b.endswith("/kubectl") and Path(b).exists()), shutil.which("kubectl"))
+    kubectl = Kubectl(kubeconfig, kubectl_bin)
+    install(kubectl)
+    op = OperatorProcess(service_account_kubeconfig(kubectl, tmp / "operator.kubeconfig"), tmp / "operator.log",
+                         ["--all-namespaces", *args.operator_args.split()]).start()
+    try:
+        r = asyncio.run(run(kubeconfig, args.count, args.concurrency, op, args.timeout))
+    finally:
+        op.stop()
+        if cluster_env is not None:
+            subprocess.run([str(CLUSTER), "down"], env=cluster_env, check=False, stdin=subprocess.DEVNULL)
+    ok_ready = r["ready"] == r["n"] and r["all_ready_s"] <= TARGET_READY_S
+    ok_p50 = r["p50_s"] <= TARGET_P50_S
+    ok_rss = r["rss_mb"] <= TARGET_RSS_MB
+    print(f"objects                    {r['n']:.0f} (created in {r['created_s']:.2f} s, {args.concurrency} in flight)")
+    print(f"all Ready after            {r['all_ready_s']:.2f} s ({r['ready']:.0f}/{r['n']:.0f})"
+          f"   target <= {TARGET_READY_S:g} s: {'PASS' if ok_ready else 'FAIL'}")
+    print(f"  first / median Ready     {r['first_ready_s']:.2f} s / {r['p50_ready_s']:.2f} s"
+          f" (Deployments ready: median {r['p50_dep_ready_s']:.2f} s; status lag p50 {r['status_lag_p50_s']:.2f} s)")
+    print(f"create->Deployment p50     {r['p50_s'] * 1000:.0f} ms   target <= {TARGET_P50_S * 1000:.0f} ms: "
+          f"{'PASS' if ok_p50 else 'FAIL'}")
+    print(f"create->Deployment p99     {r['p99_s'] * 1000:.0f} ms (max {r['max_s'] * 1000:.0f} ms,"
+          f" {r['deployments']:.0f} Deployments)")
+    print(f"operator peak RSS          {r['rss_mb']:.0f} MB   target <= {TARGET_RSS_MB:g} MB: "
+          f"{'PASS' if ok_rss else 'FAIL'}")
+    print(f"operator CPU time          {r['cpu_s']:.1f} s (user+system, whole run)")
+    print(f"operator log               {op.log_path}")
+    return 0 if ok_ready and ok_p50 and ok_rss else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

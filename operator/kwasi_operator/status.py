@@ -1,0 +1,217 @@
+"""The observed state of a WasmInference, computed from its Deployment and pods (pure functions).
+
+The operator indexes its Deployments and pods (kopf indices, no API calls) and turns them into
+``status``: phase, conditions (Ready, Progressing, Degraded, Scheduled), replica counts, selector,
+observedGeneration and endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kwasi_operator.spec import Obj
+
+Key = tuple[str, str]  # (namespace, WasmInference name)
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    generation: int
+    observed_generation: int
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    available_replicas: int
+    conditions: Mapping[str, tuple[str, str, str]]  # type -> (status, reason, message)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> DeploymentInfo:
+        st = body.get("status") or {}
+        conds = {c["type"]: (c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+                 for c in st.get("conditions") or []}
+        return cls(
+            generation=int(body.get("metadata", {}).get("generation") or 0),
+            observed_generation=int(st.get("observedGeneration") or 0),
+            replicas=int(st.get("replicas") or 0),
+            ready_replicas=int(st.get("readyReplicas") or 0),
+            updated_replicas=int(st.get("updatedReplicas") or 0),
+            available_replicas=int(st.get("availableReplicas") or 0),
+            conditions=conds,
+        )
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    phase: str
+    node: str | None
+    unschedulable: str | None  # the scheduler's message while PodScheduled=False/Unschedulable
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
+        st = body.get("status") or {}
+        message = None
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                message = c.get("message") or "unschedulable"
+        return cls(
+            name=body.get("metadata", {}).get("name", ""),
+            phase=st.get("phase", "Pending"),
+            node=(body.get("spec") or {}).get("nodeName"),
+            unschedulable=message,
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec cannot be realised right now (reported, then retried with backoff)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the last reconcile asked for."""
+
+    generation: int
+    replicas: int | None  # None: an HPA owns the count
+    selector: str
+    endpoint: str | None
+    gpu_resource: str | None
+
+
+def endpoint(name: str, namespace: str, port: int) -> str:
+    return f"{name}.{namespace}.svc.cluster.local:{port}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str = "") -> Obj:
+    value = "Unknown" if status is None else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": message}
+
+
+def with_transition_times(new: Sequence[Obj], old: Iterable[Mapping[str, Any]], generation: int) -> list[Obj]:
+    """Stamp lastTransitionTime, keeping the old one where a condition's status did not change."""
+    before = {c.get("type"): c for c in old}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        keep = prev is not None and prev.get("status") == c["status"] and prev.get("lastTransitionTime")
+        out.append({**c, "observedGeneration": generation,
+                    "lastTransitionTime": prev["lastTransitionTime"] if keep and prev else _now()})
+    return out
+
+
+def scheduling_reason(message: str, gpu_resource: str | None) -> str:
+    """InsufficientGPU when the scheduler says the GPU resource is short, Unschedulable otherwise."""
+    if gpu_resource and f"Insufficient {gpu_resource}" in message:
+        return "InsufficientGPU"
+    if "Insufficient nvidia.com/" in message:
+        return "InsufficientGPU"
+    return "Unschedulable"
+
+
+def compute(
+    desired: Desired,
+    deployment: DeploymentInfo | None,
+    pods: Sequence[PodInfo],
+    problem: Problem | None,
+) -> tuple[str, Obj, list[Obj]]:
+    """(phase, status fields without conditions, conditions without timestamps)."""
+    dep = deployment
+    replicas = dep.replicas if dep else 0
+    ready = dep.ready_replicas if dep else 0
+    want = desired.replicas if desired.replicas is not None else (replicas or 1)
+    fields: Obj = {
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": desired.selector,
+        "observedGeneration": desired.generation,
+    }
+    if desired.endpoint:
+        fields["endpoint"] = desired.endpoint
+
+    stuck = [p for p in pods if p.phase == "Pending" and p.unschedulable]
+    if stuck:
+        msg = stuck[0].unschedulable or ""
+        scheduled = condition("Scheduled", False, scheduling_reason(msg, desired.gpu_resource),
+                              f"{len(stuck)} pod(s) pending: {msg}")
+    elif pods:
+        nodes = sorted({p.node for p in pods if p.node})
+        scheduled = condition("Scheduled", True, "Scheduled", f"on {', '.join(nodes)}" if nodes else "")
+    else:
+        scheduled = condition("Scheduled", None, "NoPods", "no pods yet")
+
+    rolled_out = dep is not None and dep.observed_generation >= dep.generation and dep.updated_replicas >= want
+    failing = None
+    if dep is not None:
+        for ctype, bad in (("ReplicaFailure", "True"), ("Progressing", "False")):
+            status, reason, message = dep.conditions.get(ctype, ("", "", ""))
+            if status == bad:
+                failing = (reason or ctype, message)
+
+    if problem is not None:
+        phase = "Failed"
+        ready_c = condition("Ready", False, problem.reason, problem.message)
+        progressing = condition("Progressing", False, problem.reason, problem.message)
+        degraded = condition("Degraded", True, problem.reason, problem.message)
+    elif want == 0:
+        phase = "Stopped"
+        ready_c = condition("Ready", False, "ScaledToZero", "replicas is 0")
+        progressing = condition("Progressing", False, "ScaledToZero", "replicas is 0")
+        degraded = condition("Degraded", False, "ScaledToZero", "")
+    elif ready >= want and rolled_out:
+        phase = "Ready"
+        ready_c = condition("Ready", True, "MinimumReplicasReady", f"{ready}/{want} replicas ready")
+        progressing = condition("Progressing", False, "RolledOut", "")
+        degraded = condition("Degraded", False, "AsExpected", "")
+    else:
+        detail = f"{ready}/{want} replicas ready"
+        if stuck:
+            phase = "Pending" if ready == 0 else "Degraded"
+            reason = scheduled["reason"]
+            ready_c = condition("Ready", False, reason, f"{detail}; {scheduled['message']}")
+            progressing = condition("Progressing", True, "WaitingForScheduling", detail)
+            degraded = condition("Degraded", ready > 0, reason if ready > 0 else "AsExpected", scheduled["message"])
+        elif failing is not None:
+            phase = "Degraded"
+            ready_c = condition("Ready", False, failing[0], f"{detail}; {failing[1]}")
+            progressing = condition("Progressing", False, failing[0], failing[1])
+            degraded = condition("Degraded", True, failing[0], failing[1])
+        else:
+            phase = "Progressing"
+            ready_c = condition("Ready", False, "ReplicasNotReady", detail)
+            progressing = condition("Progressing", True, "RollingOut", detail)
+            degraded = condition("Degraded", False, "AsExpected", "")
+    return phase, fields, [ready_c, progressing, degraded, scheduled]
+
+
+def build(
+    desired: Desired,
+    deployment: DeploymentInfo | None,
+    pods: Sequence[PodInfo],
+    problem: Problem | None,
+    old_conditions: Iterable[Mapping[str, Any]] = (),
+) -> Obj:
+    """The full ``status`` object."""
+    phase, fields, conds = compute(desired, deployment, pods, problem)
+    return {"phase": phase, **fields, "conditions": with_transition_times(conds, old_conditions, desired.generation)}
+
+
+def same(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    """Equal apart from condition timestamps (which only change when a status does)."""
+    if a is None:
+        return False
+
+    def strip(s: Mapping[str, Any]) -> Any:
+        return {**s, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                                    for c in s.get("conditions", [])]}
+
+    return bool(strip(a) == strip(b))

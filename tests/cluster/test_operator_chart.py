@@ -1,0 +1,100 @@
+"""The Helm chart charts/kwasi-operator: lint, render, one CRD source, RBAC equal to the plain manifests,
+and a server-side dry run of everything it renders against the real API server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from cluster.conftest import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kwasi-operator"
+CRD = REPO / "crds" / "kwasi.dev_wasminferences.yaml"
+PLAIN_RBAC = REPO / "operator" / "deploy" / "rbac.yaml"
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm(cluster: Cluster) -> str:
+    found = shutil.which("helm", path=cluster.env["PATH"])
+    assert found, f"helm not in the cluster's binary cache ({cluster.env.get('KWASI_CLUSTER_BIN')})"
+    return found
+
+
+def run_helm(helm: str, *args: str) -> str:
+    proc = subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc.stdout
+
+
+def render(helm: str, *args: str) -> list[Obj]:
+    out = run_helm(helm, "template", "kwasi", str(CHART), "--namespace", "kwasi-system", *args)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[Obj], kind: str) -> list[Obj]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_lint(helm: str) -> None:
+    out = run_helm(helm, "lint", str(CHART), "--strict")
+    assert "0 chart(s) failed" in out
+
+
+def test_crd_is_the_one_in_crds(helm: str) -> None:
+    link = CHART / "crds" / CRD.name
+    assert link.is_symlink() and link.resolve() == CRD.resolve()  # no copy to drift
+    crds = by_kind(render(helm, "--include-crds"), "CustomResourceDefinition")
+    assert crds == [yaml.safe_load(CRD.read_text())]
+    packaged = subprocess.run([helm, "show", "crds", str(CHART)], capture_output=True, check=True)
+    assert CRD.read_bytes() in packaged.stdout  # byte-identical as shipped
+
+
+def _rules(docs: list[Obj]) -> list[Obj]:
+    return sorted((r for d in by_kind(docs, "ClusterRole") for r in d["rules"]), key=json.dumps)
+
+
+def test_rbac_matches_the_plain_manifests(helm: str) -> None:
+    plain = [d for d in yaml.safe_load_all(PLAIN_RBAC.read_text()) if d]
+    assert _rules(render(helm)) == _rules(plain)
+    # Watching named namespaces: RoleBindings there, no cluster-wide binding of the main role.
+    docs = render(helm, "--set", "watchNamespaces={team-a,team-b}")
+    assert sorted(rb["metadata"]["namespace"] for rb in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    assert [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [
+        "kwasi-kwasi-operator-monitoring-discovery"]
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+def test_operator_deployment_is_hardened_single_replica(helm: str) -> None:
+    dep = by_kind(render(helm), "Deployment")[0]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = pod["containers"][0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--all-namespaces" in c["args"] and "--bind-address=0.0.0.0" in c["args"]
+    assert pod["serviceAccountName"] == by_kind(render(helm), "ServiceAccount")[0]["metadata"]["name"]
+
+
+def test_rendered_chart_accepted_by_the_api_server(cluster: Cluster, helm: str) -> None:
+    ns = cluster.create_namespace(f"chart-{uuid.uuid4().hex[:6]}")
+    try:
+        out = run_helm(helm, "template", "kwasi", str(CHART), "--namespace", ns)
+        applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=out).stdout
+        for what in ("serviceaccount/", "clusterrole.rbac.authorization.k8s.io/", "deployment.apps/", "service/"):
+            assert what in applied, applied
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
