@@ -143,6 +143,37 @@ class SlotScheduler:
         with self._cond:
             if req.slot.released:
                 raise NNError(Errno.RUNTIME_ERROR, "KV slot released")
+            # A lone stream runs its forwards on its own thread: there is nothing to batch with, and GNU
+            # OpenMP runs small kernels ~3x slower on any thread but the process's first parallel master
+            # (measured: a [1,576]x[576,1536] linear takes 50 us there, 140 us on another thread), so
+            # handing the work to the engine thread costs a third of batch-1 speed when the caller is main.
+            def only_me() -> bool:
+                return all(r is None or r is req.slot for r in self._rows)
+
+            alone = False
+            if only_me():
+                # The engine may still be closing the iteration that answered this stream's last request.
+                self._cond.wait_for(lambda: not self._forward_running)
+                alone = only_me() and not self._pending
+            if alone:
+                self._forward_running = True
+        if alone:
+            try:
+                if req.kind == "decode":
+                    self._iteration([req], [])
+                else:
+                    while not req.done:  # whole chunks: the same boundaries as when batched
+                        self._iteration([], [req])
+            finally:
+                with self._cond:
+                    self._forward_running = False
+                    self._compact()
+                    self._cond.notify_all()
+            if req.error is not None:
+                raise req.error
+            assert req.result is not None
+            return req.result
+        with self._cond:
             self._pending.append(req)
             if self._engine is None:
                 self._engine = threading.Thread(target=self._run, name="kwasi-llm-engine", daemon=True)
@@ -165,7 +196,8 @@ class SlotScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda: bool(self._pending), IDLE_EXIT_S):
+                # A caller may be running a lone step itself; requests arriving meanwhile wait for it.
+                if not self._cond.wait_for(lambda: bool(self._pending) and not self._forward_running, IDLE_EXIT_S):
                     self._engine = None  # a later _submit (which holds the lock) starts a new thread
                     return
                 self._gather()
