@@ -1,12 +1,19 @@
 """kopf handlers: reconcile WasmInference objects into their children and report what the cluster did.
 
-- create / update / resume → ``reconcile``: check what the spec depends on, render, server-side apply
-  the children (owned by the CR, so the garbage collector removes them with it), prune children the
-  spec no longer asks for, publish status.
-- a resync loop re-runs ``reconcile`` for every object each period (level-based: a child edited or
-  deleted by hand comes back). Not a kopf timer: kopf puts a finalizer on objects with timers.
+- every watch event of a WasmInference whose generation was not yet attempted (a create, an update, or
+  each object listed when the operator starts: a resume) queues its key on a :class:`WorkQueue`; a run
+  of ``reconcile`` checks what the spec depends on, renders, server-side applies the children (owned by
+  the CR, so the garbage collector removes them with it), prunes children the spec no longer asks for
+  and publishes status. Failures are retried from the queue with exponential backoff.
+- a resync loop queues every object once per period (level-based: a child edited or deleted by hand
+  comes back).
 - indices of the operator's Deployments and pods feed ``status`` without API calls; events on them
   re-publish the owner's status (Ready, Scheduled=False/InsufficientGPU, …).
+
+Watching handlers only, no kopf create/update/resume handlers: those make kopf patch every object with
+its diff-base and progress annotations (a write, and one more watch event, per object and change), and
+kopf timers add a finalizer. Here kopf writes nothing to WasmInferences; what a restart needs is
+derived from the objects themselves (``status.observedGeneration``).
 
 Handlers are registered on an explicit ``kopf.OperatorRegistry`` by :func:`register`, closing over one
 :class:`Operator` (options, client, bookkeeping), so there is no import-time global state.
@@ -30,10 +37,10 @@ from kwasi_operator import status as st
 from kwasi_operator.children import INSTANCE_LABEL, render, selector_string
 from kwasi_operator.kube import OPTIONAL_KINDS, Kube
 from kwasi_operator.spec import FIELD_MANAGER, GROUP, PLURAL, VERSION, Obj, Spec
+from kwasi_operator.workqueue import WorkQueue
 
 log = logging.getLogger("kwasi_operator")
 MANAGED = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
-ANNOTATION_PREFIX = "kwasi.dev"
 MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
 MAX_BACKOFF_S = 60.0
 
@@ -46,12 +53,38 @@ class Options:
     max_inflight: int = 32  # concurrent writes to the API server (Deployments first)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds a diff base (a deep copy) of every watched object on every event, for create/update
+    handlers; this operator has none, so it builds nothing and stores nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class Retry(Exception):
+    """A reconcile that must be tried again after ``delay`` seconds (already reported in status)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
 @dataclass
 class Operator:
     """What the handlers share: the client and per-object bookkeeping (in memory; rebuilt on resume)."""
 
     options: Options
     kube: Kube | None = None
+    queue: WorkQueue[st.Key] = field(init=False)
+    attempted: dict[st.Key, int] = field(default_factory=dict)  # generation last handed to reconcile
+    reconciled: dict[st.Key, int] = field(default_factory=dict)  # generation last reconciled successfully
+    first: dict[st.Key, str] = field(default_factory=dict)  # create/update/resume, until the first success
     desired: dict[st.Key, st.Desired] = field(default_factory=dict)
     refs: dict[st.Key, Obj] = field(default_factory=dict)  # for Events on the CR
     problems: dict[st.Key, st.Problem] = field(default_factory=dict)
@@ -59,15 +92,16 @@ class Operator:
     applied: dict[st.Key, frozenset[str]] = field(default_factory=dict)  # kinds applied last time
     seen: dict[st.Key, dict[str, tuple[str, str]]] = field(default_factory=dict)  # kind -> (uid, version)
     failures: dict[st.Key, int] = field(default_factory=dict)  # consecutive, for the backoff
-    retry_at: dict[st.Key, float] = field(default_factory=dict)  # monotonic time of the next attempt
-    locks: dict[st.Key, asyncio.Lock] = field(default_factory=dict)
     pending: dict[st.Key, asyncio.Task[None]] = field(default_factory=dict)  # debounced status publishes
     indices: Indices | None = None
     resync_task: asyncio.Task[None] | None = None
 
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self.work)
+
     def client(self) -> Kube:
         if self.kube is None:
-            raise kopf.TemporaryError("the API client is not ready yet", delay=1)
+            raise Retry("the API client is not ready yet", delay=1)
         return self.kube
 
     def latest(self, key: st.Key) -> Obj | None:
@@ -75,15 +109,51 @@ class Operator:
         store = self.indices.objects.get(key, ()) if self.indices is not None else ()
         return next(iter(store), None)
 
-    def lock(self, key: st.Key) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
+    def observe(self, key: st.Key, body: Mapping[str, Any]) -> None:
+        """A watch event of the object: queue a reconcile if this generation was not attempted yet.
+
+        Our own status writes (and anything else that leaves the generation alone) queue nothing, so an
+        object backing off after a failure is retried by its timer, not by the event its status write made.
+        """
+        generation = int(body["metadata"].get("generation") or 0)
+        if self.attempted.get(key) == generation:
+            return
+        if key not in self.reconciled and key not in self.first:
+            # First sight in this process: what happened while no operator ran, judged from the object.
+            observed = (body.get("status") or {}).get("observedGeneration")
+            self.first[key] = "create" if observed is None else "resume" if observed == generation else "update"
+        self.queue.add(key)
+
+    async def work(self, key: st.Key) -> None:
+        """One queued reconcile of the newest snapshot; schedules its own retry on failure."""
+        body = self.latest(key)
+        if body is None:
+            return  # deleted meanwhile
+        generation = int(body["metadata"].get("generation") or 0)
+        self.attempted[key] = generation
+        trigger = self.first.get(key) or ("resync" if self.reconciled.get(key) == generation else "update")
+        try:
+            await reconcile(self, body, trigger)
+        except Retry as e:
+            self.queue.add(key, e.delay)
+            return
+        except Exception as e:  # logged and retried: one bad object never stops the operator
+            delay = backoff(self.options, self.failures.get(key, 0))
+            self.failures[key] = self.failures.get(key, 0) + 1
+            log.warning("%s/%s: %s reconcile failed, retry in %g s: %s", *key, trigger, delay, e,
+                        exc_info=not isinstance(e, ApiError))
+            self.queue.add(key, delay)
+            return
+        self.first.pop(key, None)
+        self.reconciled[key] = generation
 
     def forget(self, key: st.Key) -> None:
         tables: tuple[dict[st.Key, Any], ...] = (
             self.desired, self.refs, self.problems, self.published, self.applied, self.seen, self.failures,
-            self.retry_at, self.locks)
+            self.attempted, self.reconciled, self.first)
         for table in tables:
             table.pop(key, None)
+        self.queue.forget(key)
         metrics.MANAGED.set(len(self.desired))
 
 
@@ -154,22 +224,16 @@ def _version(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 async def reconcile(op: Operator, body: Mapping[str, Any], trigger: str) -> None:
-    """Make the children match the spec, then publish status. Idempotent; safe to run at any time."""
+    """Make the children match the spec, then publish status. Idempotent; safe to run at any time
+    (the work queue runs one at a time per object)."""
     meta = body["metadata"]
     key: st.Key = (meta["namespace"], meta["name"])
     t0 = time.perf_counter()
     result = "error"
     try:
-        async with op.lock(key):
-            if trigger == "resync":  # the newest spec: an update may have been handled while we waited
-                latest = op.latest(key)
-                if latest is None:
-                    result = "gone"
-                    return
-                body = latest
-            await _reconcile(op, key, body, trigger)
+        await _reconcile(op, key, body, trigger)
         result = "ok"
-    except kopf.TemporaryError:
+    except Retry:
         result = "retry"
         raise
     except ApiError as e:
@@ -213,7 +277,6 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
             await _fail(op, key, st.Problem(reason, e.status.message or str(e)))
         raise
     op.failures.pop(key, None)
-    op.retry_at.pop(key, None)
     if op.problems.pop(key, None) is not None:
         event(op, key, "Normal", "Resolved", "the spec can be realised again")
 
@@ -223,8 +286,7 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
 
 
 async def _fail(op: Operator, key: st.Key, problem: st.Problem) -> None:
-    """Report a spec that cannot be realised now, then retry with backoff (kopf re-runs the handler;
-    the resync loop holds off until the same time)."""
+    """Report a spec that cannot be realised now, then retry with backoff (from the work queue)."""
     if op.problems.get(key) != problem:
         event(op, key, "Warning", problem.reason, problem.message)
         log.warning("%s/%s: %s: %s", *key, problem.reason, problem.message)
@@ -234,8 +296,7 @@ async def _fail(op: Operator, key: st.Key, problem: st.Problem) -> None:
     failures = op.failures.get(key, 0)
     op.failures[key] = failures + 1
     delay = backoff(op.options, failures)
-    op.retry_at[key] = time.monotonic() + delay
-    raise kopf.TemporaryError(f"{problem.reason}: {problem.message} (retry in {delay:g} s)", delay=delay)
+    raise Retry(f"{problem.reason}: {problem.message} (retry in {delay:g} s)", delay=delay)
 
 
 async def _prune(op: Operator, key: st.Key, wanted: set[str], trigger: str) -> None:
@@ -344,36 +405,30 @@ class Indices:
 def _snapshot(body: Mapping[str, Any]) -> Obj:
     """What reconcile needs of a WasmInference, copied out of kopf's live body."""
     meta = body["metadata"]
+    observed = (body.get("status") or {}).get("observedGeneration")
     return {"apiVersion": body["apiVersion"], "kind": body["kind"],
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
-            "spec": copy.deepcopy(dict(body["spec"]))}
+            "spec": copy.deepcopy(dict(body["spec"])),
+            "status": {} if observed is None else {"observedGeneration": observed}}
 
 
-async def resync_loop(op: Operator, concurrency: int = 8) -> None:
-    """Level-based: every resync period, reconcile every known object (a no-op apply when nothing drifted).
+async def resync_loop(op: Operator) -> None:
+    """Level-based: queue every known object once per resync period, spread over the period so that a
+    thousand objects make a steady trickle of (mostly no-op) applies rather than a burst.
 
-    One loop over kopf's index of the objects, not a kopf timer: kopf puts a finalizer on objects with
+    A loop over kopf's index of the objects, not a kopf timer: kopf puts a finalizer on objects with
     timers, and a finalizer would make deletion wait for a running operator.
     """
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(key: st.Key, body: Obj) -> None:
-        if time.monotonic() < op.retry_at.get(key, 0.0):
-            return  # backing off after a failure (the create/update handler retries it too)
-        async with sem:
-            try:
-                await reconcile(op, body, "resync")
-            except kopf.TemporaryError:
-                pass  # reported in status; retried after the backoff
-            except Exception:
-                log.exception("%s/%s: resync failed", *key)
-
     while True:
-        await asyncio.sleep(op.options.resync_s)
-        if op.indices is None:
+        keys = list(op.indices.objects.keys()) if op.indices is not None else []
+        if not keys:
+            await asyncio.sleep(op.options.resync_s)
             continue
-        objects = [(key, body) for key, store in list(op.indices.objects.items()) for body in list(store)[:1]]
-        await asyncio.gather(*(one(key, body) for key, body in objects))
+        step = op.options.resync_s / len(keys)
+        for key in keys:
+            await asyncio.sleep(step)
+            if not op.queue.pending(key) and op.latest(key) is not None:  # a failing one retries on its timer
+                op.queue.add(key)
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> st.Key | None:
@@ -391,11 +446,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Progress and diff-base in annotations: the CRD's status schema would prune status.kopf.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
-        settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kwasi-operator"  # unused: no delete handlers
+        settings.persistence.diffbase_storage = NoDiffBase()
         # No CRD watching: least privilege (the CRD is installed before the operator starts).
         settings.scanning.disabled = True
         # Events are posted explicitly (kopf.event) for decisions; kopf's own INFO chatter is not.
@@ -415,16 +466,17 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
     async def close(**_: Any) -> None:
         if op.resync_task is not None:
             op.resync_task.cancel()
+        await op.queue.close()
         if op.kube is not None:
             await op.kube.close()
 
     @kopf.index("apps", "v1", "deployments", id="kwasi_deployments", labels=MANAGED, registry=registry)
-    def kwasi_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    async def kwasi_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         key = _owner_key(namespace, labels)
         return {key: st.DeploymentInfo.from_body(body)} if key else None
 
     @kopf.index("", "v1", "pods", id="kwasi_pods", labels=MANAGED, registry=registry)
-    def kwasi_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    async def kwasi_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         key = _owner_key(namespace, labels)
         return {key: st.PodInfo.from_body(body)} if key else None
 
@@ -434,7 +486,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
             publish_soon(op, key)
 
     @kopf.index(*resource, id="kwasi_objects", registry=registry)
-    def kwasi_objects(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
+    async def kwasi_objects(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): _snapshot(body)} if namespace and name else None
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment_event", labels=MANAGED, registry=registry)
@@ -447,32 +499,20 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
         _bind(kw)
         await child_changed(namespace, labels)
 
-    def deleted(type: str, **_: Any) -> bool:
-        return type == "DELETED"
-
-    @kopf.on.event(*resource, id="forget", when=deleted, registry=registry)
-    def forget(namespace: str | None, name: str | None, **_: Any) -> None:
-        if namespace and name:
-            op.forget((namespace, name))
-
     def _bind(kw: Mapping[str, Any]) -> None:
         op.indices = Indices(kw["kwasi_deployments"], kw["kwasi_pods"], kw["kwasi_objects"])
         if op.resync_task is None:  # started from a handler: its context carries kopf's event poster
             op.resync_task = asyncio.create_task(resync_loop(op))
 
-    @kopf.on.resume(*resource, id="reconcile", registry=registry, backoff=options.backoff_s)
-    async def resume(body: kopf.Body, **kw: Any) -> None:
+    @kopf.on.event(*resource, id="wasminference_event", registry=registry)
+    async def wasminference_event(type: str | None, namespace: str | None, name: str | None, body: kopf.Body,
+                                  **kw: Any) -> None:
         _bind(kw)
-        await reconcile(op, body, "resume")
-
-    @kopf.on.create(*resource, id="reconcile", registry=registry, backoff=options.backoff_s)
-    async def create(body: kopf.Body, **kw: Any) -> None:
-        _bind(kw)
-        await reconcile(op, body, "create")
-
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry, backoff=options.backoff_s)
-    async def update(body: kopf.Body, **kw: Any) -> None:
-        _bind(kw)
-        await reconcile(op, body, "update")
+        if not (namespace and name):
+            return
+        if type == "DELETED":
+            op.forget((namespace, name))
+        else:  # None (listed at start-up), ADDED, MODIFIED
+            op.observe((namespace, name), body)
 
     return op

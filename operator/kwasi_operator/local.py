@@ -58,18 +58,19 @@ def install(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(RBAC))
 
 
-def service_account_kubeconfig(kubectl: Kubectl, out: Path, duration: str = "4h") -> Path:
+def service_account_kubeconfig(kubectl: Kubectl, out: Path, duration: str = "4h", namespace: str = NAMESPACE,
+                               service_account: str = SERVICE_ACCOUNT) -> Path:
     """A kubeconfig for the operator's ServiceAccount: a TokenRequest token and the cluster's CA."""
-    token = kubectl("-n", NAMESPACE, "create", "token", SERVICE_ACCOUNT, f"--duration={duration}").strip()
+    token = kubectl("-n", namespace, "create", "token", service_account, f"--duration={duration}").strip()
     admin = yaml.safe_load(kubectl.kubeconfig.read_text())
     cluster = admin["clusters"][0]
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": SERVICE_ACCOUNT, "context": {"cluster": cluster["name"], "user": SERVICE_ACCOUNT}}],
-        "current-context": SERVICE_ACCOUNT,
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": service_account, "context": {"cluster": cluster["name"], "user": service_account}}],
+        "current-context": service_account,
     }
     out.write_text(yaml.safe_dump(config))
     out.chmod(0o600)

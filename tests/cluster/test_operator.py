@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cluster.objects import SHA, children, cond, events, get, reasons, wait_ready, wasminference
 
 from kwasi_operator.local import (
     NAMESPACE,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from cluster.conftest import Cluster
 
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
-SHA = "a" * 64
 A100 = "NVIDIA-A100-SXM4-40GB"
 MONITOR_CRDS = ("servicemonitors", "podmonitors")
 Obj = dict[str, Any]
@@ -58,59 +58,6 @@ def ns(cluster: Cluster) -> Iterator[str]:
     name = cluster.create_namespace(f"op-{uuid.uuid4().hex[:6]}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def wasminference(name: str, **spec: Any) -> Obj:
-    body: Obj = {
-        "module": {"image": "registry.invalid/kwasi/chat:1"},
-        "models": [{"name": "default", "encoding": "ggml", "target": "gpu",
-                    "source": {"url": "https://models.invalid/smollm2.gguf", "sha256": SHA}}],
-    }
-    body.update(spec)
-    return {"apiVersion": "kwasi.dev/v1alpha1", "kind": "WasmInference", "metadata": {"name": name}, "spec": body}
-
-
-def get(cluster: Cluster, ns: str, *what: str) -> Obj | None:
-    proc = cluster.kubectl("-n", ns, "get", *what, "-o", "json", check=False)
-    if proc.returncode != 0:
-        return None
-    out: Obj = json.loads(proc.stdout)
-    return out
-
-
-def cond(obj: Obj | None, type_: str) -> Obj:
-    for c in ((obj or {}).get("status") or {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> Obj:
-    def ready() -> Obj | None:
-        wi = get(cluster, ns, "wasminference", name)
-        return wi if cond(wi, "Ready").get("status") == "True" else None
-
-    return cluster.wait_until(ready, timeout, f"WasmInference {ns}/{name} Ready", interval=0.5)
-
-
-def events(cluster: Cluster, ns: str, name: str) -> list[Obj]:
-    selector = f"involvedObject.kind=WasmInference,involvedObject.name={name}"
-    out = get(cluster, ns, "events", "--field-selector", selector)
-    return list((out or {}).get("items", []))
-
-
-def reasons(cluster: Cluster, ns: str, name: str) -> list[str]:
-    return [e["reason"] for e in events(cluster, ns, name)]
-
-
-def children(cluster: Cluster, ns: str, name: str) -> dict[str, int]:
-    """How many of each child kind carry the instance label."""
-    out = get(cluster, ns, "deployments,services,poddisruptionbudgets,horizontalpodautoscalers,pods",
-              "-l", f"kwasi.dev/wasminference={name}")
-    counts: dict[str, int] = {}
-    for item in (out or {}).get("items", []):
-        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
-    return counts
 
 
 def test_gpu_inference_scheduled_on_matching_node_and_ready(cluster: Cluster, operator: OperatorProcess,
@@ -348,6 +295,18 @@ def test_restart_resumes_without_duplicate_work(cluster: Cluster, operator: Oper
     wi_after = get(cluster, ns, "wasminference", "steady") or {}
     assert wi_after["metadata"]["generation"] == wi_before["metadata"]["generation"]
     assert 'trigger="create"' not in operator.metrics()  # the new process created nothing
+    annotations = set(wi_after["metadata"].get("annotations") or {})  # the operator writes only status
+    assert annotations == {"kubectl.kubernetes.io/last-applied-configuration"}
+    assert not wi_after["metadata"].get("finalizers")
+
+    # A change made while no operator runs is an update for the next one (status.observedGeneration is behind).
+    operator.stop()
+    cluster.kubectl("-n", ns, "patch", "wasminference", "steady", "--type=merge", "-p", '{"spec":{"replicas":3}}')
+    operator.start()
+    cluster.wait_until(lambda: (get(cluster, ns, "deployment", "steady") or {})["spec"]["replicas"] == 3 or None,
+                       30, "Deployment scaled by the update found at start-up")
+    assert 'kwasi_operator_reconciles_total{result="ok",trigger="update"}' in operator.metrics()
+    cluster.wait_until(lambda: "Updated" in reasons(cluster, ns, "steady") or None, 20, "Updated event")
 
 
 def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -362,10 +321,12 @@ def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: Ope
     def can(*args: str) -> bool:
         return cluster.kubectl("auth", "can-i", *args, "--as", SA_USER, check=False).stdout.strip() == "yes"
 
-    assert can("patch", "wasminferences.kwasi.dev", "-A") and can("patch", "wasminferences.kwasi.dev/status", "-A")
+    assert can("watch", "wasminferences.kwasi.dev", "-A")
+    assert can("patch", "wasminferences.kwasi.dev", "--subresource=status", "-A")
     assert can("create", "deployments.apps", "-n", "default") and can("watch", "pods", "-A")
     # Nothing it does not need:
-    for denied in (("get", "secrets", "-A"), ("create", "pods", "-n", "default"), ("delete", "deployments.apps", "-A"),
+    for denied in (("get", "secrets", "-A"), ("patch", "wasminferences.kwasi.dev", "-A"),
+                   ("create", "pods", "-n", "default"), ("delete", "deployments.apps", "-A"),
                    ("delete", "wasminferences.kwasi.dev", "-A"), ("create", "wasminferences.kwasi.dev", "-A"),
                    ("delete", "services", "-A"), ("update", "customresourcedefinitions.apiextensions.k8s.io"),
                    ("get", "customresourcedefinitions.apiextensions.k8s.io/wasminferences.kwasi.dev"),

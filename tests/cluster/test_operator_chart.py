@@ -1,9 +1,10 @@
 """The Helm chart charts/kwasi-operator: lint, render, one CRD source, RBAC equal to the plain manifests,
-and a server-side dry run of everything it renders against the real API server."""
+a server-side dry run of everything it renders, and a real `helm install` watching one namespace."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -12,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from cluster.conftest import wait_until
+from cluster.objects import children, get, wait_ready, wasminference
+
+from kwasi_operator.local import Kubectl, OperatorProcess, service_account_kubeconfig
 
 if TYPE_CHECKING:
     from cluster.conftest import Cluster
@@ -98,3 +103,57 @@ def test_rendered_chart_accepted_by_the_api_server(cluster: Cluster, helm: str) 
             assert what in applied, applied
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_chart_installed_and_run_watching_one_namespace(cluster: Cluster, helm: str,
+                                                         tmp_path: Path) -> None:
+    """`helm install` for real with watchNamespaces: the operator's pod runs (on the kwok CPU node), and the
+    operator run with the chart's own ServiceAccount token and the args from the chart's Deployment
+    reconciles its namespace, leaves the other alone, and could not touch it anyway."""
+    tag = uuid.uuid4().hex[:6]
+    system, team_a, team_b = (cluster.create_namespace(f"{p}-{tag}") for p in ("kwasi-sys", "team-a", "team-b"))
+    release = f"kw{tag}"
+    kube = ("--kubeconfig", str(cluster.kubeconfig))
+    op: OperatorProcess | None = None
+    try:
+        run_helm(helm, "install", release, str(CHART), "-n", system, *kube, "--set", f"watchNamespaces={{{team_a}}}",
+                 "--set", "operator.resyncSeconds=2", "--wait", "--timeout", "90s")
+        deployment = cluster.get_json("-n", system, "deployment", "-l", f"app.kubernetes.io/instance={release}")
+        [dep] = deployment["items"]
+        assert dep["status"]["readyReplicas"] == 1  # helm --wait: the pod ran (kwok plays the kubelet)
+        pod = dep["spec"]["template"]["spec"]
+        sa_name, container = pod["serviceAccountName"], pod["containers"][0]
+        assert f"--namespace={team_a}" in container["args"] and "--all-namespaces" not in container["args"]
+
+        sa_user = f"system:serviceaccount:{system}:{sa_name}"
+
+        def can(*args: str) -> bool:
+            return cluster.kubectl("auth", "can-i", *args, "--as", sa_user, check=False).stdout.strip() == "yes"
+
+        assert can("create", "deployments.apps", "-n", team_a) and can("watch", "pods", "-n", team_a)
+        assert not can("create", "deployments.apps", "-n", team_b) and not can("watch", "pods", "-n", team_b)
+        assert not can("watch", "wasminferences.kwasi.dev", "-A")  # RoleBindings only, no cluster-wide grant
+
+        kubectl = Kubectl(cluster.kubeconfig, cluster.kubectl_path, cluster.env)
+        kubeconfig = service_account_kubeconfig(kubectl, tmp_path / "sa.kubeconfig", namespace=system,
+                                                service_account=sa_name)
+        # The chart's args as they are, but serving /healthz and /metrics on loopback (ports chosen per test).
+        op = OperatorProcess(kubeconfig, tmp_path / "operator.log", [*container["args"], "--bind-address=127.0.0.1"])
+        op.start()
+        cluster.apply(wasminference("mine"), namespace=team_a)
+        cluster.apply(wasminference("theirs"), namespace=team_b)
+        wait_ready(cluster, team_a, "mine")
+        assert children(cluster, team_a, "mine") == {"Deployment": 1, "Service": 1, "Pod": 1}
+        wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="resync"}' in op.metrics() or None,
+                   20, "a resync pass")
+        assert children(cluster, team_b, "theirs") == {}  # never seen: not watched
+        assert (get(cluster, team_b, "wasminference", "theirs") or {}).get("status") is None
+        denials = re.findall(r"cannot (?:get|list|watch|create|patch|update|delete) resource .{0,80}", op.log())
+        assert not denials, denials
+    finally:
+        if op is not None:
+            op.stop()
+        run_helm(helm, "uninstall", release, "-n", system, *kube, "--wait")
+        for ns in (system, team_a, team_b):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    assert cluster.kubectl("get", "clusterrole", f"{release}-kwasi-operator", check=False).returncode != 0

@@ -1,0 +1,65 @@
+"""WasmInference manifests and read helpers shared by the end-to-end tests (kubectl against the real cluster)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cluster.conftest import Cluster
+
+SHA = "a" * 64
+Obj = dict[str, Any]
+
+
+def wasminference(name: str, **spec: Any) -> Obj:
+    body: Obj = {
+        "module": {"image": "registry.invalid/kwasi/chat:1"},
+        "models": [{"name": "default", "encoding": "ggml", "target": "gpu",
+                    "source": {"url": "https://models.invalid/smollm2.gguf", "sha256": SHA}}],
+    }
+    body.update(spec)
+    return {"apiVersion": "kwasi.dev/v1alpha1", "kind": "WasmInference", "metadata": {"name": name}, "spec": body}
+
+
+def get(cluster: Cluster, ns: str, *what: str) -> Obj | None:
+    proc = cluster.kubectl("-n", ns, "get", *what, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return None
+    out: Obj = json.loads(proc.stdout)
+    return out
+
+
+def cond(obj: Obj | None, type_: str) -> Obj:
+    for c in ((obj or {}).get("status") or {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> Obj:
+    def ready() -> Obj | None:
+        wi = get(cluster, ns, "wasminference", name)
+        return wi if cond(wi, "Ready").get("status") == "True" else None
+
+    return cluster.wait_until(ready, timeout, f"WasmInference {ns}/{name} Ready", interval=0.5)
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[Obj]:
+    selector = f"involvedObject.kind=WasmInference,involvedObject.name={name}"
+    out = get(cluster, ns, "events", "--field-selector", selector)
+    return list((out or {}).get("items", []))
+
+
+def reasons(cluster: Cluster, ns: str, name: str) -> list[str]:
+    return [e["reason"] for e in events(cluster, ns, name)]
+
+
+def children(cluster: Cluster, ns: str, name: str) -> dict[str, int]:
+    """How many of each child kind carry the instance label."""
+    out = get(cluster, ns, "deployments,services,poddisruptionbudgets,horizontalpodautoscalers,pods",
+              "-l", f"kwasi.dev/wasminference={name}")
+    counts: dict[str, int] = {}
+    for item in (out or {}).get("items", []):
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    return counts
