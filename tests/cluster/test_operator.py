@@ -305,7 +305,8 @@ def test_restart_resumes_without_duplicate_work(cluster: Cluster, operator: Oper
     operator.start()
     cluster.wait_until(lambda: (get(cluster, ns, "deployment", "steady") or {})["spec"]["replicas"] == 3 or None,
                        30, "Deployment scaled by the update found at start-up")
-    assert 'kwasi_operator_reconciles_total{result="ok",trigger="update"}' in operator.metrics()
+    cluster.wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="update"}' in operator.metrics()
+                       or None, 20, "the update reconcile done")  # it goes on after the Deployment apply
     cluster.wait_until(lambda: "Updated" in reasons(cluster, ns, "steady") or None, 20, "Updated event")
 
 

@@ -1,4 +1,4 @@
-"""The Helm chart charts/kwasi-operator: lint, render, one CRD source, RBAC equal to the plain manifests,
+"""The Helm chart charts/kwasi-operator: lint, render, one CRD source, RBAC rules read from the plain manifests,
 a server-side dry run of everything it renders, and a real `helm install` watching one namespace."""
 
 from __future__ import annotations
@@ -68,9 +68,15 @@ def _rules(docs: list[Obj]) -> list[Obj]:
     return sorted((r for d in by_kind(docs, "ClusterRole") for r in d["rules"]), key=json.dumps)
 
 
-def test_rbac_matches_the_plain_manifests(helm: str) -> None:
+def test_rbac_rules_come_from_the_plain_manifests(helm: str, tmp_path: Path) -> None:
+    link = CHART / "files" / PLAIN_RBAC.name
+    assert link.is_symlink() and link.resolve() == PLAIN_RBAC.resolve()  # read, not copied
     plain = [d for d in yaml.safe_load_all(PLAIN_RBAC.read_text()) if d]
-    assert _rules(render(helm)) == _rules(plain)
+    assert _rules(render(helm)) == _rules(plain) and len(_rules(plain)) >= 10
+    run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))  # as shipped: the link resolved
+    [package] = tmp_path.glob("kwasi-operator-*.tgz")
+    out = run_helm(helm, "template", "kwasi", str(package), "--namespace", "kwasi-system")
+    assert _rules([d for d in yaml.safe_load_all(out) if d]) == _rules(plain)
     # Watching named namespaces: RoleBindings there, no cluster-wide binding of the main role.
     docs = render(helm, "--set", "watchNamespaces={team-a,team-b}")
     assert sorted(rb["metadata"]["namespace"] for rb in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
