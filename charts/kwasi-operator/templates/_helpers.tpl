@@ -21,3 +21,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{/* The rules of the ClusterRole named (the argument) in files/rbac.yaml, a link to operator/deploy/rbac.yaml:
+the one list of the operator's permissions. */}}
+{{- define "kwasi-operator.rulesOf" -}}
+{{- $name := .name -}}
+{{- range $doc := splitList "\n---\n" (.root.Files.Get "files/rbac.yaml") }}
+{{- $obj := fromYaml $doc }}
+{{- if and (eq (get $obj "kind") "ClusterRole") (eq (get (get $obj "metadata") "name") $name) }}
+{{- toYaml (get $obj "rules") }}
+{{- end }}
+{{- end }}
+{{- end -}}
