@@ -272,6 +272,16 @@ def horizontal_pod_autoscaler(name: str, namespace: str, spec: Spec) -> Obj | No
     auto = spec.autoscaling
     if auto is None:
         return None
+    source = {"metric": {"name": AUTOSCALING_METRICS[auto.metric]},
+              "target": {"type": "AverageValue", "averageValue": str(auto.target)}}
+    if auto.min_replicas == 0:
+        # With no pods there are no per-pod series: scaling from zero needs a metric of an object that is
+        # always there (the Service; e.g. a Prometheus adapter rule summing the pods' series per Service),
+        # and the API server accepts minReplicas 0 only with the HPAScaleToZero feature gate.
+        describe = {"apiVersion": "v1", "kind": "Service", "name": name}
+        metric: Obj = {"type": "Object", "object": {"describedObject": describe, **source}}
+    else:
+        metric = {"type": "Pods", "pods": source}
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -280,15 +290,7 @@ def horizontal_pod_autoscaler(name: str, namespace: str, spec: Spec) -> Obj | No
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": AUTOSCALING_METRICS[auto.metric]},
-                        "target": {"type": "AverageValue", "averageValue": str(auto.target)},
-                    },
-                }
-            ],
+            "metrics": [metric],
         },
     }
 

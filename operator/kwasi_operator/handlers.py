@@ -212,6 +212,19 @@ async def preflight(kube: Kube, namespace: str, spec: Spec) -> st.Problem | None
     return None
 
 
+def rejected(spec: Spec, e: ApiError) -> st.Problem:
+    """The problem to report for a child the API server refused (400/403/422)."""
+    message = e.status.message or str(e)
+    if e.status.code == 403:
+        return st.Problem("Forbidden", message)
+    kind = e.status.details.kind if e.status.details else None
+    if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None and spec.autoscaling.min_replicas == 0:
+        return st.Problem("ScaleToZeroUnavailable", "spec.autoscaling.minReplicas 0 needs the HPAScaleToZero "
+                              "feature gate on kube-apiserver and kube-controller-manager (or set it to 1); the "
+                              f"API server said: {message}")
+    return st.Problem("InvalidChild", message)
+
+
 def _version(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(uid, a version that changes only when someone changes the object's spec)."""
     meta = obj.get("metadata", {})
@@ -273,8 +286,7 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         live += await asyncio.gather(*(kube.apply(m) for m in manifests[1:]))
     except ApiError as e:
         if e.status.code in (400, 403, 422):  # not transient: the spec (or the RBAC) must change first
-            reason = "Forbidden" if e.status.code == 403 else "InvalidChild"
-            await _fail(op, key, st.Problem(reason, e.status.message or str(e)))
+            await _fail(op, key, rejected(spec, e))
         raise
     op.failures.pop(key, None)
     if op.problems.pop(key, None) is not None:

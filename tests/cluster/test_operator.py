@@ -237,6 +237,24 @@ def test_missing_configmap_reported_then_retried(cluster: Cluster, operator: Ope
     assert "Resolved" in reasons(cluster, ns, "fromcm")
 
 
+def test_scale_to_zero_without_the_feature_gate_is_reported(cluster: Cluster, operator: OperatorProcess,
+                                                            ns: str) -> None:
+    # HPAScaleToZero is off in this cluster (as by default): the HPA is refused; the app still runs on one
+    # replica (no replicas in the Deployment: the HPA owns that field), and status says what to change.
+    cluster.apply(wasminference("zero", autoscaling={"minReplicas": 0, "maxReplicas": 3}), namespace=ns)
+
+    def degraded() -> Obj | None:
+        wi = get(cluster, ns, "wasminference", "zero")
+        return wi if cond(wi, "Degraded").get("reason") == "ScaleToZeroUnavailable" else None
+
+    wi = cluster.wait_until(degraded, 30, "Degraded=True, ScaleToZeroUnavailable")
+    assert cond(wi, "Degraded")["status"] == "True" and "HPAScaleToZero" in cond(wi, "Degraded")["message"]
+    assert "minReplicas" in cond(wi, "Degraded")["message"]  # the API server's own words are passed on
+    assert get(cluster, ns, "hpa", "zero") is None
+    assert (get(cluster, ns, "deployment", "zero") or {})["spec"]["replicas"] == 1
+    cluster.wait_until(lambda: "ScaleToZeroUnavailable" in reasons(cluster, ns, "zero") or None, 20, "Warning event")
+
+
 def test_autoscaling_renders_hpa_and_monitors_follow_the_crds(cluster: Cluster, operator: OperatorProcess,
                                                              ns: str) -> None:
     spec = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "metric": "queue", "target": 2},

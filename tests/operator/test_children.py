@@ -92,7 +92,15 @@ def test_replicas_pdb_and_autoscaling() -> None:
     assert "replicas" not in deployment("a", "n", auto)["spec"]
     hpa = horizontal_pod_autoscaler("a", "n", auto)
     assert hpa is not None and hpa["spec"]["minReplicas"] == 0
-    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "kwasi_generation_tokens_per_second"
+    # From zero pods only an object's metric can say "scale up": the Service's.
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "Object" and metric["object"]["describedObject"] == {
+        "apiVersion": "v1", "kind": "Service", "name": "a"}
+    assert metric["object"]["metric"]["name"] == "kwasi_generation_tokens_per_second"
+    assert metric["object"]["target"] == {"type": "AverageValue", "averageValue": "50"}
+    one = horizontal_pod_autoscaler("a", "n", Spec.parse({**BASE, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}))
+    assert one is not None and one["spec"]["metrics"][0]["type"] == "Pods"
+    assert one["spec"]["metrics"][0]["pods"]["metric"]["name"] == "kwasi_requests_running"
 
 
 def test_monitors_only_when_asked_and_available() -> None:
