@@ -212,6 +212,13 @@ async def preflight(kube: Kube, namespace: str, spec: Spec) -> st.Problem | None
     return None
 
 
+def namespace_terminating(e: ApiError) -> bool:
+    """A 403 from the NamespaceLifecycle admission plugin: the namespace is being deleted."""
+    details = e.status.details
+    return e.status.code == 403 and details is not None and any(
+        c.reason == "NamespaceTerminating" for c in details.causes or ())
+
+
 def rejected(spec: Spec, e: ApiError) -> st.Problem:
     """The problem to report for a child the API server refused (400/403/422)."""
     message = e.status.message or str(e)
@@ -285,6 +292,8 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         live = [await kube.apply(manifests[0])]
         live += await asyncio.gather(*(kube.apply(m) for m in manifests[1:]))
     except ApiError as e:
+        if namespace_terminating(e):  # the object goes with its namespace: nothing to report, nothing to fix
+            raise Retry(f"namespace {namespace} is being deleted", delay=MAX_BACKOFF_S) from e
         if e.status.code in (400, 403, 422):  # not transient: the spec (or the RBAC) must change first
             await _fail(op, key, rejected(spec, e))
         raise
