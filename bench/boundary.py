@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kwasi_runtime.abi import Errno, NNError
-from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor
+from kwasi_runtime.backends.base import ContextModel, ExecutionContext, Tensor
 from kwasi_runtime.named_models import NamedModels
 from kwasi_runtime.sandbox import Sandbox, WasiSetup
 from kwasi_runtime.wasi_nn import NNHost
@@ -54,22 +54,6 @@ class NoopContext(ExecutionContext):
 
     def fini_single(self) -> None:
         pass
-
-
-class NoopGraph(Graph):
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    def init_execution_context(self) -> ExecutionContext:
-        return NoopContext(self.tokens)
-
-
-class NoopModel(NamedModel):
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    def graph(self, config: bytes | None) -> Graph:
-        return NoopGraph(self.tokens)
 
 
 def best_of(repeats: int, fn: Callable[[], float]) -> float:
@@ -110,7 +94,7 @@ def main() -> None:
         sys.exit(f"{GUEST} is missing: run `make guests`")
 
     models = NamedModels()
-    models.register("noop", NoopModel(args.tokens))
+    models.register("noop", ContextModel(lambda: NoopContext(args.tokens)))
     py_s = best_of(args.repeats, lambda: python_stream(args.tokens))
     py_tps = args.tokens / py_s
     print(f"tokens per run          {args.tokens}")

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 
 from kwasi_runtime.abi import Errno, ExecutionTarget, NNError, TensorType  # noqa: E402
-from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor  # noqa: E402
+from kwasi_runtime.backends.base import ContextModel, ExecutionContext, NamedModel, Tensor  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 TPOT_OVERHEAD_TARGET = 0.05
@@ -88,22 +88,6 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 # --- the scripted model (no weights: a fixed delay per token) ----------------------------------------------
-class SleepyModel(NamedModel):
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-
-    def graph(self, config: bytes | None) -> Graph:
-        return SleepyGraph(self.delay_s)
-
-
-class SleepyGraph(Graph):
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-
-    def init_execution_context(self) -> ExecutionContext:
-        return SleepyContext(self.delay_s)
-
-
 class SleepyContext(ExecutionContext):
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
@@ -133,7 +117,8 @@ class SleepyContext(ExecutionContext):
 
 def make_model(args: argparse.Namespace) -> NamedModel:
     if args.scripted_ms is not None:
-        return SleepyModel(args.scripted_ms / 1000)
+        delay_s = args.scripted_ms / 1000
+        return ContextModel(lambda: SleepyContext(delay_s))
     from kwasi_runtime.llm import LlmBackend
     from kwasi_runtime.llm.backend import LlmNamedModel
 

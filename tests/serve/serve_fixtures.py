@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwasi_runtime.abi import Errno, NNError, TensorType
-from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor
+from kwasi_runtime.backends.base import ContextModel, ExecutionContext, Graph, NamedModel, Tensor
 from kwasi_runtime.serve.metrics import Metrics
 from kwasi_runtime.serve.server import ServeConfig, Server
 from kwasi_testing import built_guest, host_with
@@ -36,15 +36,7 @@ class ScriptedTokens(NamedModel):
     live: int = 0
 
     def graph(self, config: bytes | None) -> Graph:
-        return ScriptedGraph(self)
-
-
-class ScriptedGraph(Graph):
-    def __init__(self, model: ScriptedTokens) -> None:
-        self.model = model
-
-    def init_execution_context(self) -> ExecutionContext:
-        return ScriptedContext(self.model)
+        return ContextModel(lambda: ScriptedContext(self))
 
 
 class ScriptedContext(ExecutionContext):

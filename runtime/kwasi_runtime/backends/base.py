@@ -7,7 +7,7 @@ backends never see guest pointers.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,20 @@ class NamedModel(abc.ABC):
 
     def close(self) -> None:
         """Releases the shared weights at host shutdown."""
+
+
+class ContextModel(NamedModel, Graph):
+    """A named model that is its own graph and makes each context with ``new_context``: for weightless
+    token sources (benchmarks, test doubles) that need no config and share nothing between graphs."""
+
+    def __init__(self, new_context: Callable[[], ExecutionContext]) -> None:
+        self.new_context = new_context
+
+    def graph(self, config: bytes | None) -> Graph:
+        return self
+
+    def init_execution_context(self) -> ExecutionContext:
+        return self.new_context()
 
 
 class Backend(abc.ABC):
