@@ -12,7 +12,7 @@ ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
 	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
 
-.PHONY: install guests demo test lint bench clean
+.PHONY: install guests demo test unit lint bench clean
 
 $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,13 @@ demo: install guests
 test: install guests lint cluster-build
 	$(PY) -m pytest -q tests
 
-# Each test folder has its own conftest.py, so mypy looks at them one folder at a time.
-TEST_DIRS := $(wildcard tests/*/)
+# Everything that needs no cluster: the runtime, the operator's unit tests and the layer check (a few minutes).
+unit: install guests lint
+	$(PY) -m pytest -q tests --ignore=tests/cluster
 
 lint: install
 	$(VENV)/bin/ruff check runtime operator tests bench demo
-	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator bench demo tests/*.py
-	for d in $(filter-out tests/guests/,$(TEST_DIRS)); do $(VENV)/bin/mypy $$d || exit 1; done
+	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator bench demo tests
 
 bench: install guests
 	# llama.cpp is a peer in bench/decode.py; it builds from source (about 20 min on 2 cores, once).

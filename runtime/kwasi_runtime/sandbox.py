@@ -16,10 +16,10 @@ import wasmtime
 if TYPE_CHECKING:
     from wasmtime._instance import InstanceExports
 
-from kwasi_runtime.engine import EngineSettings, deadline_ticks, make_engine
-from kwasi_runtime.guest_memory import GuestMemory
-from kwasi_runtime.module_cache import default_cache_dir, load_module
-from kwasi_runtime.wasi_nn import GuestCancelled, NNHost
+from kwasi_runtime.nn.guest_memory import GuestMemory
+from kwasi_runtime.nn.host import GuestCancelled, NNHost
+from kwasi_runtime.wasm.engine import EngineSettings, deadline_ticks, shared_engine
+from kwasi_runtime.wasm.module_cache import default_cache_dir, load_module
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,6 @@ class RunResult:
         return self.trap_code is wasmtime.TrapCode.OUT_OF_FUEL
 
 
-_engines: dict[EngineSettings, wasmtime.Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def shared_engine(settings: EngineSettings) -> wasmtime.Engine:
-    """One Engine (and one epoch ticker thread) per distinct setting in the process."""
-    with _engines_lock:
-        engine = _engines.get(settings)
-        if engine is None:
-            engine = _engines[settings] = make_engine(settings)
-        return engine
-
-
 class Sandbox:
     """A compiled, linked guest; `run` instantiates it afresh every time. Safe to share between threads."""
 
@@ -131,7 +118,7 @@ class Sandbox:
     @contextmanager
     def instance(
         self, wasi: WasiSetup, limits: Limits | None = None, cancel: threading.Event | None = None
-    ) -> Iterator[Instance]:
+    ) -> Iterator[GuestInstance]:
         """A fresh store and instance with this thread's WASI-NN state bound to it until the block ends.
         Raises wasmtime errors from instantiation (e.g. the memory limit)."""
         limits = limits or Limits()
@@ -147,7 +134,7 @@ class Sandbox:
             memory = exports.get("memory")
             if isinstance(memory, wasmtime.Memory):
                 run.memory = GuestMemory(memory)
-            yield Instance(store, instance, exports)
+            yield GuestInstance(store, instance, exports)
 
     def run(
         self,
@@ -190,7 +177,9 @@ class Sandbox:
 
 
 @dataclass
-class Instance:
+class GuestInstance:
+    """A live guest: its Store, wasmtime instance and exports, valid inside `Sandbox.instance`."""
+
     store: wasmtime.Store
     instance: wasmtime.Instance
     exports: InstanceExports

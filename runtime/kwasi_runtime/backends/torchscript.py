@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kwasi_runtime.abi import Errno, ExecutionTarget, NNError, TensorType
-from kwasi_runtime.backends.base import Backend, ExecutionContext, Graph, NamedModel, Tensor
+from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError, TensorType
+from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, NamedModel, Tensor
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `serve` subcommand's flags and entry point (the shared host flags come from kwasi_runtime.cli)."""
+"""The `serve` subcommand's flags and entry point (the shared host flags come from kwasi_runtime.host_flags)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+
+from kwasi_runtime.host_flags import build_host, env_pair
+from kwasi_runtime.sandbox import parse_dir
+from kwasi_runtime.serve.config import ServeConfig
+from kwasi_runtime.serve.server import Server
+from kwasi_runtime.wasm.module_cache import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from kwasi_runtime.cli import _env_pair, build_host
-    from kwasi_runtime.module_cache import default_cache_dir
-    from kwasi_runtime.sandbox import parse_dir
-    from kwasi_runtime.serve.server import ServeConfig, Server
-
     try:
         if args.module is not None and not args.module.is_file():
             raise ValueError(f"module {str(args.module)!r} does not exist")
@@ -53,7 +54,7 @@ def serve_main(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, module=args.module, chat_module=args.chat_module,
             max_concurrency=max(1, args.max_concurrency), max_queue=args.max_queue, timeout_s=args.timeout,
             max_body_bytes=args.max_body_bytes, grace_s=args.grace_period, memory_bytes=args.max_memory << 20,
-            fuel=args.fuel, env=tuple(_env_pair(v) for v in args.env),
+            fuel=args.fuel, env=tuple(env_pair(v) for v in args.env),
             dirs=tuple(parse_dir(v) for v in args.dir),
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kwasi_runtime.abi import Errno, NNError
-from kwasi_runtime.backends.base import ExecutionContext, Graph, NamedModel, Tensor
-from kwasi_runtime.named_models import NamedModels
+from kwasi_runtime.nn.abi import Errno, NNError
+from kwasi_runtime.nn.backend_api import ExecutionContext, Graph, ModelWrapper, NamedModel, Tensor
+from kwasi_runtime.nn.models import NamedModels
 from kwasi_runtime.serve.metrics import Metrics
 
 METADATA_INDEX = 1  # WasmEdge GGML: get_output(1) is {"input_tokens", "output_tokens", ...}
@@ -77,6 +78,32 @@ class Meter:
         m.prompt_length.labels(**labels).observe(prompt_tokens)
         m.generation_length.labels(**labels).observe(generated)
 
+    def request_ended(self, record: RequestRecord, status: int, finish_reason: str) -> None:
+        """Everything observed once per request, when both its handler and its guest are through."""
+        m = self.metrics
+        labels = {"model": record.model, "module": record.module}
+        now = time.monotonic()
+        m.e2e_latency.labels(**labels).observe(now - record.arrival)
+        m.requests.labels(**labels, status=str(status), finish_reason=finish_reason).inc()
+        if record.admitted is not None:
+            m.queue_time.labels(**labels).observe(record.admitted - record.arrival)
+        if record.instantiate_s is not None:
+            m.instantiate_time.labels(**labels).observe(record.instantiate_s)
+        if record.tokens >= 2 and record.first_token is not None and record.last_token is not None:
+            m.time_per_output_token.labels(**labels).observe(
+                (record.last_token - record.first_token) / (record.tokens - 1))
+            m.max_stall.labels(**labels).observe(record.max_stall_s)
+
+    def guest_trapped(self, record: RequestRecord, reason: str) -> None:
+        self.metrics.guest_traps.labels(model=record.model, module=record.module, reason=reason).inc()
+
+    def kv_usage_source(self, name: str, model: NamedModel, slots: int) -> Callable[[], float]:
+        """The model's own KV figure; without one, busy streams over the server's stream slots."""
+        def usage() -> float:
+            figure = model.kv_cache_usage()
+            return figure if figure is not None else self.streams(name) / slots
+        return usage
+
     def token(self, model: str, started: float, now: float, first: bool) -> None:
         self.metrics.token_rate(model).add(now)
         record = current()
@@ -100,10 +127,10 @@ class Meter:
             self.metrics.prefill_time.labels(**labels).observe(now - started)
 
 
-class MeteredModel(NamedModel):
+class MeteredModel(ModelWrapper):
     def __init__(self, name: str, inner: NamedModel, meter: Meter) -> None:
+        super().__init__(inner)
         self.name = name
-        self.inner = inner
         self.meter = meter
 
     def graph(self, config: bytes | None) -> Graph:
@@ -111,9 +138,6 @@ class MeteredModel(NamedModel):
         if record is not None and not record.model:
             record.model = self.name
         return MeteredGraph(self, self.inner.graph(config))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class MeteredGraph(Graph):

@@ -23,7 +23,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
     1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0,
 )
-# Instantiating a sandbox costs tens of microseconds (wasmtime-py.md §4c): resolve that, then the same ladder.
+# Instantiating a sandbox from an InstancePre costs tens of microseconds (bench/boundary.py prints it): resolve
+# that, then the same ladder.
 SANDBOX_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS)
 TOKEN_COUNT_BUCKETS: tuple[float, ...] = (
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000,

@@ -1,0 +1,303 @@
+"""The WASI-NN face of the LLM backend, matching WasmEdge's GGML plugin as guests observe it.
+
+- `set_input` index 1 = metadata JSON; any other index = the prompt (UTF-8, dims ignored), tokenised at once.
+- `get_output` / `get_output_single` index 1 = `{"input_tokens","output_tokens","llama_build_number","llama_commit"}`.
+- `compute` = whole generation (n-predict, reverse-prompt, end of generation); `compute_single` = one token
+  per call, END_OF_SEQUENCE (100) on an end-of-generation token, which is still counted.
+- CONTEXT_FULL 101, PROMPT_TOO_LONG 102, MODEL_NOT_FOUND 103 (missing file, surfaced when the graph is built).
+
+Metadata sent with `set_input` updates the context that received it (WasmEdge updates the graph); contexts
+of one graph therefore never disturb each other.
+
+Contexts of one named model share its KV slots (`set_stream_slots`, default 4; `kwasi-runtime serve` passes
+its --max-concurrency): a context holds a slot from its first `compute_single` until end of generation,
+`fini_single`, the end of `compute`, or `close`; with every slot taken, a new generation fails with BUSY (4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from kwasi_runtime.backends.llm.chat import ChatTemplateError, parse_messages, render_chat
+from kwasi_runtime.backends.llm.config import UnsupportedModelError
+from kwasi_runtime.backends.llm.generation import LoadedModel, Stream, Utf8Assembler
+from kwasi_runtime.backends.llm.options import Options, parse_options
+from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS
+from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError
+from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, NamedModel, Tensor
+
+log = logging.getLogger(__name__)
+
+# Reported in the metadata JSON where WasmEdge reports its bundled llama.cpp build.
+BUILD_NUMBER = 0
+COMMIT = "kwasi-pytorch"
+
+PROMPT_INDEX, METADATA_INDEX = 0, 1
+
+
+def pick_device(target: ExecutionTarget, n_gpu_layers: int) -> torch.device:
+    """n-gpu-layers 0 or target CPU keeps the model on the CPU; otherwise CUDA when present."""
+    if n_gpu_layers == 0 or target == ExecutionTarget.CPU or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+class LlmNamedModel(NamedModel):
+    """A preloaded .gguf file or HF directory. Weights load on first use, once per device, and are shared."""
+
+    def __init__(self, path: Path, target: ExecutionTarget) -> None:
+        self.path = path
+        self.target = target
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._live: LlmGraph | None = None
+        self._slots = DEFAULT_SLOTS
+
+    def set_stream_slots(self, n: int) -> None:
+        """KV slots per context length: how many contexts may generate at once (serve: --max-concurrency)."""
+        with self._lock:
+            self._slots = max(1, n)
+            loaded = list(self._loaded.values())
+        for model in loaded:
+            model.set_slots(self._slots)
+
+    def kv_cache_usage(self) -> float:
+        """Share of the allocated KV slots held by generating contexts (0 before any generation)."""
+        with self._lock:
+            loaded = list(self._loaded.values())
+        used, total = 0, 0
+        for model in loaded:
+            u, t = model.kv_usage()
+            used, total = used + u, total + t
+        return used / total if total else 0.0
+
+    def graph(self, config: bytes | None) -> Graph:
+        with self._lock:
+            # WasmEdge caches per name: a live graph is handed back and the new config ignored.
+            if self._live is not None and not self._live.closed:
+                return self._live
+        options = parse_options(config)
+        graph = LlmGraph(self, options)
+        if options.enable_log:
+            log.info("loaded %s on %s (%s)", self.path, graph.loaded.device, graph.loaded.config)
+        with self._lock:
+            self._live = graph
+        return graph
+
+    def loaded_for(self, options: Options) -> LoadedModel:
+        device = pick_device(self.target, options.n_gpu_layers)
+        with self._lock:
+            if str(device) in self._loaded:
+                return self._loaded[str(device)]
+            existing = next(iter(self._loaded.values()), None)
+            loaded = existing.to(device) if existing is not None else self._load(device)
+            loaded.set_slots(self._slots)
+            self._loaded[str(device)] = loaded
+            return loaded
+
+    def _load(self, device: torch.device) -> LoadedModel:
+        try:
+            return LoadedModel.from_path(self.path, device)
+        except FileNotFoundError as exc:
+            raise NNError(Errno.MODEL_NOT_FOUND, str(exc)) from exc
+        except (UnsupportedModelError, ValueError, KeyError) as exc:
+            log.error("cannot load %s: %s", self.path, exc)
+            raise NNError(Errno.INVALID_ARGUMENT, f"cannot load {self.path}: {exc}") from exc
+
+    def forget(self, graph: LlmGraph) -> None:
+        with self._lock:
+            if self._live is graph:
+                self._live = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+            self._live = None
+
+
+class LlmGraph(Graph):
+    def __init__(self, named: LlmNamedModel, options: Options) -> None:
+        self.named = named
+        self.options = options
+        self.loaded = named.loaded_for(options)  # MODEL_NOT_FOUND surfaces here, at load time
+        self.closed = False
+
+    def init_execution_context(self) -> ExecutionContext:
+        return LlmContext(self)
+
+    def close(self) -> None:
+        # Contexts already created keep working (WasmEdge drains after unload); the name gets a fresh graph.
+        self.closed = True
+        self.named.forget(self)
+
+
+class LlmContext(ExecutionContext):
+    def __init__(self, graph: LlmGraph) -> None:
+        self.graph = graph
+        self.options = graph.options.copy()
+        self.loaded = graph.loaded
+        self.stream = self._new_stream()
+        self.output = bytearray()
+        self.last_piece = b""
+        self.embedding_json: bytes | None = None
+        self._utf8 = Utf8Assembler()
+        self._restart = False  # after END_OF_SEQUENCE the next compute_single starts over from the prompt
+
+    def _new_stream(self) -> Stream:
+        o = self.options
+        return Stream(self.loaded, self.loaded.context_length(o.ctx_size), o.sampling, o.batch_size)
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def set_input(self, index: int, tensor: Tensor) -> None:
+        if index == METADATA_INDEX:
+            self._apply_metadata(tensor.data)
+        else:
+            self._set_prompt(tensor.data)
+
+    def _apply_metadata(self, raw: bytes) -> None:
+        self.options.update(raw)
+        o = self.options
+        loaded = self.graph.named.loaded_for(o)
+        if loaded is not self.loaded:  # n-gpu-layers moved the model to another device
+            prompt = self.stream.prompt
+            self.stream.release()
+            self.loaded = loaded
+            self.stream = self._new_stream()
+            self.stream.set_prompt(prompt)
+        self.stream.resize(self.loaded.context_length(o.ctx_size))
+        self.stream.sampler.params = o.sampling
+        self.stream.batch_size = max(1, o.batch_size)
+
+    def _set_prompt(self, data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace")
+        tok = self.loaded.tokenizer
+        add_special = True
+        if self.options.chat:
+            try:
+                text = render_chat(tok.chat_template, parse_messages(text), tok.bos_token, tok.eos_token)
+            except ChatTemplateError as exc:
+                raise NNError(Errno.INVALID_ARGUMENT, str(exc)) from exc
+            add_special = not (tok.bos_token and text.startswith(tok.bos_token))
+        self.stream.set_prompt(tok.encode(text, add_special=add_special))
+        self._clear_outputs()
+
+    def _clear_outputs(self) -> None:
+        self.output.clear()
+        self.last_piece = b""
+        self.embedding_json = None
+        self._utf8 = Utf8Assembler()
+        self._restart = False
+
+    # -- whole generation -----------------------------------------------------------------------------
+    def compute(self) -> None:
+        o = self.options
+        if o.embedding:
+            vector = self.stream.embedding()
+            self.embedding_json = json.dumps({"n_embedding": len(vector), "embedding": vector}).encode()
+            return
+        self.stream.reset()
+        self._clear_outputs()
+        stop = o.reverse_prompt.encode()
+        eog = self.loaded.tokenizer.eog_ids
+        produced = 0
+        try:
+            while o.n_predict < 0 or produced < o.n_predict:
+                token = self.stream.step()  # CONTEXT_FULL propagates; the text so far stays readable
+                produced += 1
+                if token in eog and not o.ignore_eos:
+                    break  # WasmEdge maps end of generation to success in compute
+                piece = self.loaded.tokenizer.piece(token)
+                self.output += piece
+                self.last_piece = piece
+                if o.stream_stdout:
+                    sys.stdout.buffer.write(piece)
+                    sys.stdout.flush()
+                if stop and stop in self.output[-(len(stop) + len(piece)):]:
+                    break
+        finally:
+            self.stream.release()  # the output stays readable; a later compute_single re-takes a slot
+        if o.enable_log:
+            log.info("prompt %d tokens, generated %d tokens", len(self.stream.prompt), len(self.stream.tokens))
+
+    # -- streaming ------------------------------------------------------------------------------------
+    def compute_single(self) -> None:
+        if self._restart:
+            self.stream.reset()
+            self._clear_outputs()
+        token = self.stream.step()
+        if token in self.loaded.tokenizer.eog_ids and not self.options.ignore_eos:
+            # Counted in output_tokens, but its text (e.g. "<|im_end|>") is not part of the answer.
+            self.last_piece = b""
+            self._restart = True
+            self.stream.release()  # the next call starts over from the prompt anyway
+            raise NNError(Errno.END_OF_SEQUENCE, "end of generation")
+        piece = self.loaded.tokenizer.piece(token)
+        self.output += piece
+        self.last_piece = self._utf8.feed(piece).encode() if self.options.complete_utf8 else piece
+
+    def get_output_single(self, index: int) -> bytes:
+        return self._metadata() if index == METADATA_INDEX else self.last_piece
+
+    def fini_single(self) -> None:
+        self.stream.reset()
+        self._clear_outputs()
+
+    # -- outputs --------------------------------------------------------------------------------------
+    def get_output(self, index: int) -> bytes:
+        if index == METADATA_INDEX:
+            return self._metadata()
+        if self.embedding_json is not None:
+            return self.embedding_json
+        return bytes(self.output)
+
+    def _metadata(self) -> bytes:
+        return json.dumps({
+            "input_tokens": len(self.stream.prompt),
+            "output_tokens": len(self.stream.tokens),
+            "llama_build_number": BUILD_NUMBER,
+            "llama_commit": COMMIT,
+        }).encode()
+
+    def close(self) -> None:
+        self.stream.release()  # the KV slot goes back to the model's scheduler at once
+
+
+class LlmBackend(Backend):
+    """GGUF files (GGML encoding) and HF directories (PyTorch encoding) with Llama-family models."""
+
+    def preload(self, paths: Sequence[Path], target: ExecutionTarget) -> NamedModel:
+        if len(paths) != 1:
+            raise ValueError(f"an LLM preload takes exactly one path (a .gguf file or a model directory), "
+                             f"got {len(paths)}")
+        # Lazy like WasmEdge's GGML preload: a missing file is MODEL_NOT_FOUND when a guest loads the graph.
+        return LlmNamedModel(Path(paths[0]), target)
+
+    def load(self, builders: Sequence[bytes], target: ExecutionTarget) -> Graph:
+        """Plain `load`: builder 0 = GGUF bytes, optional builder 1 = metadata JSON.
+
+        WasmEdge's `preload:<path>` marker is deliberately not honoured here: it would let an untrusted
+        guest make the host open any file; named models are how a guest reaches host files."""
+        if not builders or not builders[0]:
+            raise NNError(Errno.INVALID_ARGUMENT, "load needs the GGUF bytes as builder 0")
+        config = builders[1] if len(builders) > 1 else None
+        if not builders[0].startswith(b"GGUF"):
+            raise NNError(Errno.INVALID_ENCODING, "builder 0 is not a GGUF file")
+        options = parse_options(config)  # validate before the expensive part
+        workdir = Path(tempfile.mkdtemp(prefix="kwasi-llm-"))
+        try:
+            path = workdir / "model.gguf"
+            path.write_bytes(builders[0])
+            named = LlmNamedModel(path, target)
+            named.loaded_for(options)  # everything is in memory afterwards; the file can go
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return LlmGraph(named, options)

@@ -1,0 +1,113 @@
+"""WasmEdge GGML metadata JSON (load config or `set_input` index 1) parsed into typed options.
+
+Keys are applied only when present; unknown keys are ignored (guests send extras such as "llama3"); a value
+of the wrong JSON type is INVALID_ARGUMENT and unparsable JSON is INVALID_ENCODING, as in WasmEdge's
+metadata parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kwasi_runtime.backends.llm.sampling import SamplingParams
+from kwasi_runtime.nn.abi import Errno, NNError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CTX_SIZE = 4096
+DEFAULT_BATCH_SIZE = 512
+
+
+@dataclass
+class Options:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n_predict: int = -1  # < 0: until end of generation or context full
+    ctx_size: int = 0  # 0: min(DEFAULT_CTX_SIZE, the model's trained context)
+    batch_size: int = DEFAULT_BATCH_SIZE  # prefill chunk; also the embedding-mode prompt limit
+    ignore_eos: bool = False
+    reverse_prompt: str = ""
+    n_gpu_layers: int = -1  # 0 keeps the model on CPU; anything else uses CUDA when the target allows
+    enable_log: bool = False
+    stream_stdout: bool = False
+    embedding: bool = False
+    # kwasi extensions (not WasmEdge keys):
+    chat: bool = False  # the prompt is a JSON list of {role, content}, rendered with the model's chat template
+    complete_utf8: bool = False  # get_output_single returns only whole UTF-8 characters
+
+    def copy(self) -> Options:
+        return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling))
+
+    def update(self, raw: bytes | str) -> list[str]:
+        """Applies metadata JSON in place; returns the names of the keys that changed something."""
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NNError(Errno.INVALID_ENCODING, f"metadata is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise NNError(Errno.INVALID_ARGUMENT, "metadata must be a JSON object")
+        # Validate every key before applying any, so a rejected document leaves the options untouched.
+        pending: list[tuple[str, str, Any]] = []
+        for key, value in doc.items():
+            spec = _KEYS.get(key)
+            if spec is None:
+                log.debug("ignoring unknown metadata key %r", key)
+                continue
+            kind, target, attr = spec
+            pending.append((target, attr, _checked(key, kind, value)))
+        for target, attr, value in pending:
+            setattr(self.sampling if target == "sampling" else self, attr, value)
+        applied = [key for key in doc if key in _KEYS]
+        # WasmEdge clamps negative sampling values to 0.
+        s = self.sampling
+        s.temp, s.top_p, s.repeat_penalty = max(s.temp, 0.0), max(s.top_p, 0.0), max(s.repeat_penalty, 0.0)
+        s.presence_penalty, s.frequency_penalty = max(s.presence_penalty, 0.0), max(s.frequency_penalty, 0.0)
+        return applied
+
+
+def parse_options(raw: bytes | None, base: Options | None = None) -> Options:
+    options = base.copy() if base is not None else Options()
+    if raw:
+        options.update(raw)
+    return options
+
+
+def _checked(key: str, kind: type, value: Any) -> Any:
+    # JSON booleans are Python ints; WasmEdge's typed getters reject them for numbers and vice versa.
+    ok = (
+        isinstance(value, bool) if kind is bool
+        else isinstance(value, int) and not isinstance(value, bool) if kind is int
+        else isinstance(value, int | float) and not isinstance(value, bool) if kind is float
+        else isinstance(value, str)
+    )
+    if not ok:
+        raise NNError(Errno.INVALID_ARGUMENT, f"metadata key {key!r} must be a JSON {kind.__name__}")
+    return float(value) if kind is float else value
+
+
+# key -> (JSON type, "sampling" | "options", attribute)
+_KEYS: dict[str, tuple[type, str, str]] = {
+    "n-predict": (int, "options", "n_predict"),
+    "ctx-size": (int, "options", "ctx_size"),
+    "batch-size": (int, "options", "batch_size"),
+    "ignore-eos": (bool, "options", "ignore_eos"),
+    "reverse-prompt": (str, "options", "reverse_prompt"),
+    "n-gpu-layers": (int, "options", "n_gpu_layers"),
+    "enable-log": (bool, "options", "enable_log"),
+    "stream-stdout": (bool, "options", "stream_stdout"),
+    "embedding": (bool, "options", "embedding"),
+    "chat": (bool, "options", "chat"),
+    "complete-utf8": (bool, "options", "complete_utf8"),
+    "temp": (float, "sampling", "temp"),
+    "top-p": (float, "sampling", "top_p"),
+    "top-k": (int, "sampling", "top_k"),
+    "min-p": (float, "sampling", "min_p"),
+    "repeat-penalty": (float, "sampling", "repeat_penalty"),
+    "last-n-penalty": (int, "sampling", "last_n_penalty"),
+    "presence-penalty": (float, "sampling", "presence_penalty"),
+    "frequency-penalty": (float, "sampling", "frequency_penalty"),
+    "seed": (int, "sampling", "seed"),
+}

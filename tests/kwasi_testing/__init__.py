@@ -1,0 +1,3 @@
+"""Helpers shared by the test suites (runtime, operator, cluster), the benchmarks and the demo's tests:
+built and WAT guests (`guests`), small models (`models`), LLM checkpoints written on the fly (`gguf_models`),
+a server on a thread (`serving`), loopback ports (`net`)."""
