@@ -16,8 +16,17 @@ def _ready(node: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
 
 
-def test_nodes_ready_with_gpus_and_rbac_on(cluster: Cluster) -> None:
+def _settled_nodes(cluster: Cluster) -> dict[str, dict[str, Any]] | None:
+    """The nodes once the node lifecycle controller has lifted its transient `node.kubernetes.io/*` taints
+    (a loaded machine may show `not-ready` for a moment after the kwok nodes turn Ready)."""
     nodes = {n["metadata"]["name"]: n for n in cluster.get_json("nodes")["items"]}
+    transient = [t for n in nodes.values() for t in n["spec"].get("taints", [])
+                 if t["key"].startswith("node.kubernetes.io/")]
+    return None if transient else nodes
+
+
+def test_nodes_ready_with_gpus_and_rbac_on(cluster: Cluster) -> None:
+    nodes = cluster.wait_until(lambda: _settled_nodes(cluster), 60, "nodes without node-lifecycle taints")
     assert set(nodes) == set(EXPECTED_GPUS)
     for name, gpus in EXPECTED_GPUS.items():
         node = nodes[name]
