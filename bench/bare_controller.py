@@ -16,8 +16,8 @@ import httpx2
 from lightkube import AsyncClient, KubeConfig, codecs
 from lightkube.core.exceptions import ApiError
 
-from kwasi_operator.children import render
 from kwasi_operator.kube import WasmInference
+from kwasi_operator.render import render
 from kwasi_operator.spec import FIELD_MANAGER, Obj, Spec
 
 IN_FLIGHT = 32

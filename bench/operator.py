@@ -37,7 +37,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Namespace
 
 from kwasi_operator.kube import WasmInference
-from kwasi_operator.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
+from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
 
 BENCH = Path(__file__).resolve().parent
 

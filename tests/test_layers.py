@@ -29,18 +29,16 @@ LAYERS: dict[str, int] = {
     "kwasi_runtime.serve": 5,
     "kwasi_runtime.cli": 6,
     "kwasi_runtime": 7,
-    # operator: what is rendered from a spec, then API access, then reconciling, then the process
+    # operator: the spec and what is rendered from it, then API access, then reconciling, then the process
     "kwasi_operator.spec": 0,
     "kwasi_operator.metrics": 0,
-    "kwasi_operator.workqueue": 0,
-    "kwasi_operator.children": 1,
     "kwasi_operator.status": 1,
+    "kwasi_operator.render": 1,
     "kwasi_operator.kube": 2,
-    "kwasi_operator.handlers": 3,
-    "kwasi_operator.local": 4,
-    "kwasi_operator.demo": 4,
-    "kwasi_operator.cli": 4,
-    "kwasi_operator": 5,
+    "kwasi_operator.control": 3,
+    "kwasi_operator.handlers": 4,
+    "kwasi_operator.cli": 5,
+    "kwasi_operator": 6,
 }
 
 

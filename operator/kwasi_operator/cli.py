@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import kopf
 
 from kwasi_operator import metrics
-from kwasi_operator.handlers import Options, register
+from kwasi_operator.control.state import Options
+from kwasi_operator.handlers import register
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

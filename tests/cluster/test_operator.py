@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cluster.objects import SHA, children, cond, events, get, reasons, wait_ready, wasminference
 
-from kwasi_operator.local import (
+from kwasi_operator_dev.local import (
     NAMESPACE,
     SERVICE_ACCOUNT,
     Kubectl,

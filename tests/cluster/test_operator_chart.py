@@ -16,7 +16,7 @@ import yaml
 from cluster.conftest import wait_until
 from cluster.objects import children, get, wait_ready, wasminference
 
-from kwasi_operator.local import Kubectl, OperatorProcess, service_account_kubeconfig
+from kwasi_operator_dev.local import Kubectl, OperatorProcess, service_account_kubeconfig
 
 if TYPE_CHECKING:
     from cluster.conftest import Cluster

@@ -7,7 +7,7 @@ from typing import Any
 import httpx2
 from lightkube.core.exceptions import ApiError
 
-from kwasi_operator.handlers import namespace_terminating, rejected
+from kwasi_operator.control.problems import namespace_terminating, rejected
 from kwasi_operator.spec import Spec
 
 BASE: dict[str, Any] = {"module": {"image": "r/app:1"}}

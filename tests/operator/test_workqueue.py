@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kwasi_operator.workqueue import WorkQueue
+from kwasi_operator.control.workqueue import WorkQueue
 
 
 class Recorder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kwasi_operator.children import deployment, horizontal_pod_autoscaler, pod_disruption_budget, render
+from kwasi_operator.render import deployment, horizontal_pod_autoscaler, pod_disruption_budget, render
 from kwasi_operator.spec import Spec
 
 BASE: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """``make cluster-demo``: a local control plane, the operator under its own RBAC, sample WasmInferences,
 and ``kubectl get wasminference`` printed live for a bounded time; everything is stopped at the end.
 
-  python -m kwasi_operator.demo [--seconds 40] [--keep]
+  python -m kwasi_operator_dev.demo [--seconds 40] [--keep]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from kwasi_operator.local import REPO, Kubectl, OperatorProcess, free_port, install, service_account_kubeconfig
+from kwasi_operator_dev.local import REPO, Kubectl, OperatorProcess, free_port, install, service_account_kubeconfig
 
 CLUSTER = REPO / "hack" / "cluster" / "cluster.sh"
 SAMPLES = REPO / "operator" / "deploy" / "samples" / "chat.yaml"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "kwasi.dev_wasminferences.yaml"
 RBAC = REPO / "operator" / "deploy" / "rbac.yaml"
 NAMESPACE = "kwasi-system"

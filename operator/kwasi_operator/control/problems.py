@@ -1,0 +1,46 @@
+"""Why a spec cannot be realised: what it refers to that is missing (preflight), and what the API server's
+refusals of a child mean for the user."""
+
+from __future__ import annotations
+
+from kwasi_operator import status as st
+from kwasi_operator.kube import ApiError, Kube
+from kwasi_operator.spec import Spec
+
+
+async def preflight(kube: Kube, namespace: str, spec: Spec) -> st.Problem | None:
+    """What the spec refers to in the namespace and must exist before pods can start."""
+    cm = spec.module.get("configMap")
+    if cm:
+        has_key = await kube.configmap_has_key(cm["name"], cm["key"], namespace)
+        if has_key is None:
+            return st.Problem("ConfigMapNotFound", f"module ConfigMap {namespace}/{cm['name']} does not exist")
+        if not has_key:
+            return st.Problem("ConfigMapKeyNotFound", f"module ConfigMap {namespace}/{cm['name']} has no key "
+                                                      f"{cm['key']!r}")
+    for model in spec.models:
+        claim = model.source.pvc_claim
+        if claim and not await kube.exists("PersistentVolumeClaim", claim, namespace):
+            return st.Problem("PersistentVolumeClaimNotFound",
+                              f"model {model.name!r}: PersistentVolumeClaim {namespace}/{claim} does not exist")
+    return None
+
+
+def namespace_terminating(e: ApiError) -> bool:
+    """A 403 from the NamespaceLifecycle admission plugin: the namespace is being deleted."""
+    details = e.status.details
+    return e.status.code == 403 and details is not None and any(
+        c.reason == "NamespaceTerminating" for c in details.causes or ())
+
+
+def rejected(spec: Spec, e: ApiError) -> st.Problem:
+    """The problem to report for a child the API server refused (400/403/422)."""
+    message = e.status.message or str(e)
+    if e.status.code == 403:
+        return st.Problem("Forbidden", message)
+    kind = e.status.details.kind if e.status.details else None
+    if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None and spec.autoscaling.min_replicas == 0:
+        return st.Problem("ScaleToZeroUnavailable", "spec.autoscaling.minReplicas 0 needs the HPAScaleToZero "
+                              "feature gate on kube-apiserver and kube-controller-manager (or set it to 1); the "
+                              f"API server said: {message}")
+    return st.Problem("InvalidChild", message)

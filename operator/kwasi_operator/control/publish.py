@@ -1,0 +1,70 @@
+"""Status: computed from kopf's indices of the children (no API reads), written only when it changed,
+coalesced over a short window for the burst of child events a rollout makes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from kwasi_operator import metrics
+from kwasi_operator import status as st
+from kwasi_operator.control.state import Operator, log
+from kwasi_operator.kube import ApiError
+
+
+def publish_soon(op: Operator, key: st.Key) -> None:
+    """Publish after a short delay, once for a burst of child events (a rollout is a dozen of them)."""
+    obj = op.objects.get(key)
+    if obj is None or obj.publishing is not None:
+        return
+
+    async def later() -> None:
+        await asyncio.sleep(op.options.status_delay_s)
+        obj.publishing = None
+        try:
+            await publish(op, key)
+        except Exception:  # logged; the next event or resync publishes again
+            metrics.ERRORS.labels(reason="status").inc()
+            log.exception("%s/%s: status update failed", *key)
+
+    obj.publishing = asyncio.create_task(later())
+
+
+async def publish(op: Operator, key: st.Key) -> None:
+    """Write status from the indices if it changed; events for the transitions that matter."""
+    obj = op.objects.get(key)
+    if obj is None or obj.desired is None or op.kube is None or op.indices is None:
+        return
+    deployment = next(iter(op.indices.deployments.get(key, ())), None)
+    pods = list(op.indices.pods.get(key, []))
+    before = obj.published
+    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()))
+    if st.same(before, new):
+        return
+    try:
+        await op.kube.patch_status(key[1], key[0], new)
+    except ApiError as e:
+        if e.status.code == 404:  # deleted meanwhile
+            op.forget(key)
+            return
+        raise
+    obj.published = new
+    metrics.STATUS_UPDATES.inc()
+    _transition_events(op, key, before, new)
+
+
+def _cond(s: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
+    for c in (s or {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def _transition_events(op: Operator, key: st.Key, before: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+    old_sched, sched = _cond(before, "Scheduled"), _cond(new, "Scheduled")
+    if sched.get("status") == "False" and old_sched.get("status") != "False":
+        op.event(key, "Warning", sched["reason"], sched["message"])
+    old_ready, ready = _cond(before, "Ready"), _cond(new, "Ready")
+    if ready.get("status") == "True" and old_ready.get("status") != "True":
+        op.event(key, "Normal", "Ready", f"{ready['message']}; endpoint {new.get('endpoint')}")

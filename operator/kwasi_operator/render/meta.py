@@ -1,0 +1,29 @@
+"""Names and labels every child of a WasmInference carries (the selector is how status finds its pods)."""
+
+from __future__ import annotations
+
+from kwasi_operator.spec import FIELD_MANAGER, Obj
+
+INSTANCE_LABEL = "kwasi.dev/wasminference"
+MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kwasi-runtime",
+        "app.kubernetes.io/instance": name,
+        **MANAGED_BY,
+        INSTANCE_LABEL: name,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {INSTANCE_LABEL: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(name).items())
+
+
+def meta(name: str, namespace: str) -> Obj:
+    return {"name": name, "namespace": namespace, "labels": labels(name)}
