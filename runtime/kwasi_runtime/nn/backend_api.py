@@ -22,6 +22,19 @@ class Tensor:
     data: bytes
 
 
+@dataclass(frozen=True)
+class KvCacheUsage:
+    """What a model's KV cache holds at one moment, in token positions (the unit its memory is sized in)."""
+
+    tokens: int  # positions holding a generating stream's keys and values
+    capacity_tokens: int  # positions allocated for streams (slots x context length)
+    streams: int  # streams holding a KV slot
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens / self.capacity_tokens if self.capacity_tokens else 0.0
+
+
 class ExecutionContext(abc.ABC):
     """Per-`init_execution_context` state. Used by one guest thread at a time."""
 
@@ -72,8 +85,8 @@ class NamedModel(abc.ABC):
         """How many generations may run at once (a server passes its guest concurrency). Backends with fixed
         per-stream state (KV-cache rows) size it from this; others ignore it."""
 
-    def kv_cache_usage(self) -> float | None:
-        """The fraction of KV cache in use, 0-1, or None for a backend without one."""
+    def kv_cache_usage(self) -> KvCacheUsage | None:
+        """What the KV cache holds now, or None for a backend without one."""
         return None
 
 
@@ -92,7 +105,7 @@ class ModelWrapper(NamedModel):
     def set_stream_slots(self, n: int) -> None:
         self.inner.set_stream_slots(n)
 
-    def kv_cache_usage(self) -> float | None:
+    def kv_cache_usage(self) -> KvCacheUsage | None:
         return self.inner.kv_cache_usage()
 
 

@@ -24,3 +24,6 @@ class ServeConfig:
     env: tuple[tuple[str, str], ...] = ()
     dirs: tuple[Preopen, ...] = ()
     cache_dir: Path | None = None
+    # After a failed start-up, how long /metrics stays up (not ready) before the process exits: two scrapes
+    # at kube-prometheus-stack's default 30 s interval, so kwasi_model_load_failures_total is seen.
+    failure_linger_s: float = 60.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kwasi_runtime.nn.abi import Errno, NNError
@@ -56,20 +55,8 @@ class Meter:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._busy: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def streams(self, model: str) -> int:
-        with self._lock:
-            return self._busy.get(model, 0)
-
-    def generation_started(self, model: str) -> None:
-        with self._lock:
-            self._busy[model] = self._busy.get(model, 0) + 1
 
     def generation_ended(self, model: str, prompt_tokens: int, generated: int) -> None:
-        with self._lock:
-            self._busy[model] = max(0, self._busy.get(model, 0) - 1)
         record = current()
         labels = {"model": model, "module": record.module if record else ""}
         m = self.metrics
@@ -96,13 +83,6 @@ class Meter:
 
     def guest_trapped(self, record: RequestRecord, reason: str) -> None:
         self.metrics.guest_traps.labels(model=record.model, module=record.module, reason=reason).inc()
-
-    def kv_usage_source(self, name: str, model: NamedModel, slots: int) -> Callable[[], float]:
-        """The model's own KV figure; without one, busy streams over the server's stream slots."""
-        def usage() -> float:
-            figure = model.kv_cache_usage()
-            return figure if figure is not None else self.streams(name) / slots
-        return usage
 
     def token(self, model: str, started: float, now: float, first: bool) -> None:
         self.metrics.token_rate(model).add(now)
@@ -177,7 +157,6 @@ class MeteredContext(ExecutionContext):
         if first:
             self.generating = True
             self.tokens = 0
-            self.model.meter.generation_started(self.model.name)
         started = time.monotonic()
         try:
             self.inner.compute_single()

@@ -2,7 +2,10 @@
 
 Names carry the `kwasi_` prefix and their unit (`_seconds`, `_tokens`, `_bytes`, `_ratio`); labels are `model`
 and `module` (plus the bounded `status`, `finish_reason` and `reason` on the counters that need them), never
-per-request values. Bucket lists are fixed here so dashboards and alerts can rely on them.
+per-request values. Bucket lists are fixed here so dashboards and alerts can rely on them (the chart's SLO
+choices are boundaries of LATENCY_BUCKETS). Every series a server can produce for its models and guests exists
+from start-up (`Metrics.declare`), so a gauge reads 0 rather than nothing before the first request, and the
+first event of a counter shows up in `rate()` (Prometheus sees no increase in a series' first sample).
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
+from kwasi_runtime.nn.backend_api import KvCacheUsage
+
 # `_created` timestamps double the series count and no dashboard here uses them (process-wide switch).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# 1 ms … 80 s: from a cached-prefix TTFT on a GPU to a long CPU prefill or a whole long answer.
+# 1 ms … 1 h: from a cached-prefix TTFT on a GPU to a request that waited in the queue and then ran into the
+# guest deadline (serve's --timeout, 300 s by default): every latency a server allows lands in a finite bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
     1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0,
+    120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0,
 )
 # Instantiating a sandbox from an InstancePre costs tens of microseconds (bench/boundary.py prints it): resolve
 # that, then the same ladder.
@@ -32,6 +39,10 @@ TOKEN_COUNT_BUCKETS: tuple[float, ...] = (
 
 LABELS = ("model", "module")
 FINISH_REASONS = ("stop", "length", "abort", "error")
+# (status, finish_reason) pairs declared at start-up: success, truncation, queue full, client gone, failure.
+COMMON_OUTCOMES = (("200", "stop"), ("200", "length"), ("429", "abort"), ("499", "abort"), ("500", "error"))
+# Trap reasons declared at start-up: the deadline (epoch interrupt), fuel, a guest abort, anything else.
+COMMON_TRAPS = ("interrupt", "out_of_fuel", "unreachable", "error")
 TOKEN_RATE_WINDOW_S = 10.0
 
 
@@ -84,15 +95,23 @@ class Metrics:
             "kwasi_requests_running", "Requests whose guest is running.", LABELS, registry=r)
         self.requests_waiting = Gauge(
             "kwasi_requests_waiting", "Requests queued for a guest slot.", LABELS, registry=r)
+        self.kv_cache_tokens = Gauge(
+            "kwasi_kv_cache_usage_tokens", "KV-cache positions holding a generating stream's keys and values.",
+            ("model",), registry=r)
+        self.kv_cache_capacity = Gauge(
+            "kwasi_kv_cache_capacity_tokens", "KV-cache positions allocated for streams (slots x context length).",
+            ("model",), registry=r)
         self.kv_cache_usage = Gauge(
-            "kwasi_kv_cache_usage_ratio",
-            "KV cache in use, 0-1 (the engine's own figure, else busy stream slots / slots).", ("model",),
-            registry=r)
+            "kwasi_kv_cache_usage_ratio", "kwasi_kv_cache_usage_tokens / kwasi_kv_cache_capacity_tokens, 0-1.",
+            ("model",), registry=r)
         self.tokens_per_second = Gauge(
             "kwasi_generation_tokens_per_second", f"Generated tokens per second over the last "
             f"{TOKEN_RATE_WINDOW_S:g} s.", ("model",), registry=r)
         self.model_load = Gauge("kwasi_model_load_seconds", "Time to load a named model at start-up.", ("model",),
                                 registry=r)
+        self.model_load_failures = Counter(
+            "kwasi_model_load_failures", "Start-up loads of a named model that failed (the server then exits).",
+            ("model",), registry=r)
         # One process serves from its visible GPUs; the sum over them is what the pod's limit is about.
         self.gpu_allocated = Gauge("kwasi_gpu_memory_allocated_bytes",
                                    "torch.cuda.memory_allocated summed over devices (0 without CUDA).",
@@ -103,8 +122,25 @@ class Metrics:
 
         self._rates: dict[str, TokenRate] = {}
         self._rates_lock = threading.Lock()
-        # model name -> KV usage 0..1; set by the server (it knows the engine or the slot count).
-        self.kv_usage_sources: dict[str, Callable[[], float]] = {}
+        # model name -> its KV cache now; set by the server for models whose backend has one.
+        self.kv_usage_sources: dict[str, Callable[[], KvCacheUsage | None]] = {}
+
+    def declare(self, model: str, module: str) -> None:
+        """Creates every series of a (model, module) pair at 0: what a server can report exists before it does."""
+        labels = {"model": model, "module": module}
+        for family in (self.time_to_first_token, self.inter_token_latency, self.time_per_output_token,
+                       self.e2e_latency, self.queue_time, self.prefill_time, self.instantiate_time, self.max_stall,
+                       self.prompt_length, self.generation_length, self.prompt_tokens, self.generation_tokens,
+                       self.requests_running, self.requests_waiting):
+            family.labels(**labels)
+        for status, reason in COMMON_OUTCOMES:
+            self.requests.labels(**labels, status=status, finish_reason=reason)
+        for trap in COMMON_TRAPS:
+            self.guest_traps.labels(**labels, reason=trap)
+
+    def declare_model(self, model: str) -> None:
+        self.model_load_failures.labels(model=model)
+        self.tokens_per_second.labels(model=model)
 
     def token_rate(self, model: str) -> TokenRate:
         with self._rates_lock:
@@ -120,8 +156,13 @@ class Metrics:
             rates = dict(self._rates)
         for model, rate in rates.items():
             self.tokens_per_second.labels(model=model).set(rate.per_second(now))
-        for model, usage in self.kv_usage_sources.items():
-            self.kv_cache_usage.labels(model=model).set(min(1.0, max(0.0, usage())))
+        for model, source in self.kv_usage_sources.items():
+            usage = source()
+            if usage is None:
+                continue
+            self.kv_cache_tokens.labels(model=model).set(usage.tokens)
+            self.kv_cache_capacity.labels(model=model).set(usage.capacity_tokens)
+            self.kv_cache_usage.labels(model=model).set(min(1.0, max(0.0, usage.ratio)))
         torch = sys.modules.get("torch")  # never import torch just to learn there is no GPU
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             devices = range(torch.cuda.device_count())

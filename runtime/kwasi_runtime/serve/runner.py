@@ -52,6 +52,8 @@ class Job:
     status: int = 0
     finish_reason: str | None = None
     parts_left: int = 2
+    # The gauge labels taken at admission: a WAGI guest names its model only while it runs.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class GuestRunner:
@@ -97,7 +99,7 @@ class GuestRunner:
             waiting.dec()
         record.admitted = time.monotonic()
         loop = asyncio.get_running_loop()
-        job = Job(record, OutputPipe(loop), loop.create_future())
+        job = Job(record, OutputPipe(loop), loop.create_future(), labels=labels)
         self.jobs.add(job)
         self.metrics.requests_running.labels(**labels).inc()
         assert guest.sandbox is not None
@@ -147,7 +149,7 @@ class GuestRunner:
         if not job.done.done():
             job.done.set_result(result)
         self.admission.release()
-        self.metrics.requests_running.labels(model=job.record.model, module=job.record.module).dec()
+        self.metrics.requests_running.labels(**job.labels).dec()
         if result.trap is not None and not result.cancelled:
             self.meter.guest_trapped(job.record, result.trap_code.name.lower() if result.trap_code else "error")
         if job.stderr.data:

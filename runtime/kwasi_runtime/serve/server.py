@@ -72,7 +72,14 @@ class Server:
             assert model is not None
             # Backends with fixed per-stream KV slots get one per guest that may run at once.
             model.set_stream_slots(config.max_concurrency)
-            self.metrics.kv_usage_sources[name] = self.meter.kv_usage_source(name, model, config.max_concurrency)
+            self.metrics.kv_usage_sources[name] = model.kv_cache_usage
+            self.metrics.declare_model(name)
+            if self.chat_guest is not None:
+                self.metrics.declare(name, self.chat_guest.name)
+        # What requests are labelled with before a model is known: refusals, and WAGI guests until they load one.
+        for guest in (self.chat_guest, self.app_guest):
+            if guest is not None:
+                self.metrics.declare("", guest.name)
 
     # --- start-up ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -85,8 +92,12 @@ class Server:
             model = self.host.models.get(name)
             assert model is not None
             started = time.monotonic()
-            # Backends may load weights lazily (GGML semantics); a graph forces it now, not on the first request.
-            model.graph(None).close()
+            try:
+                # Backends may load weights lazily (GGML semantics); a graph forces it now, not on the first request.
+                model.graph(None).close()
+            except Exception:
+                self.metrics.model_load_failures.labels(model=name).inc()
+                raise
             self.metrics.model_load.labels(model=name).set(time.monotonic() - started)
         self.ready = True
         log.info("ready: models %s, module %s, chat guest %s", self.model_names,
@@ -237,8 +248,10 @@ class Server:
         await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if loading.done() and loading.exception() is not None:
             self.not_ready_reason = f"start-up failed: {loading.exception()}"
-            log.error("%s", self.not_ready_reason)
+            log.error("%s; exiting in %gs", self.not_ready_reason, self.config.failure_linger_s)
             code = 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopped), self.config.failure_linger_s)
         else:
             await stopped
             log.warning("stopping: draining %d requests for up to %gs", self.inflight, self.config.grace_s)

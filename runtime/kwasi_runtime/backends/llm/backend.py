@@ -33,7 +33,7 @@ from kwasi_runtime.backends.llm.generation import LoadedModel, Stream, Utf8Assem
 from kwasi_runtime.backends.llm.options import Options, parse_options
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS
 from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError
-from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, NamedModel, Tensor
+from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, KvCacheUsage, NamedModel, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,13 @@ class LlmNamedModel(NamedModel):
         for model in loaded:
             model.set_slots(self._slots)
 
-    def kv_cache_usage(self) -> float:
-        """Share of the allocated KV slots held by generating contexts (0 before any generation)."""
+    def kv_cache_usage(self) -> KvCacheUsage:
+        """Tokens held by generating contexts over every device's cache (all 0 before any generation)."""
         with self._lock:
             loaded = list(self._loaded.values())
-        used, total = 0, 0
-        for model in loaded:
-            u, t = model.kv_usage()
-            used, total = used + u, total + t
-        return used / total if total else 0.0
+        parts = [model.kv_usage() for model in loaded]
+        return KvCacheUsage(tokens=sum(p.tokens for p in parts), capacity_tokens=sum(p.capacity_tokens for p in parts),
+                            streams=sum(p.streams for p in parts))
 
     def graph(self, config: bytes | None) -> Graph:
         with self._lock:

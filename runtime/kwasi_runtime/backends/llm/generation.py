@@ -29,6 +29,7 @@ from kwasi_runtime.backends.llm.sampling import Sampler, SamplingParams
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS, Slot, SlotScheduler
 from kwasi_runtime.backends.llm.tokenizer import TextTokenizer
 from kwasi_runtime.nn.abi import Errno, NNError
+from kwasi_runtime.nn.backend_api import KvCacheUsage
 
 # llama.cpp refuses prompts longer than n_ctx - 4 (room for a few generated tokens).
 PROMPT_MARGIN = 4
@@ -87,11 +88,13 @@ class LoadedModel:
                 if sched.in_use() == 0:
                     del self._schedulers[size]
 
-    def kv_usage(self) -> tuple[int, int]:
-        """(slots in use, slots allocated) over every context length."""
+    def kv_usage(self) -> KvCacheUsage:
+        """Tokens held, token capacity and streams holding a slot, over every context length."""
         with self._lock:
             scheds = list(self._schedulers.values())
-        return sum(s.in_use() for s in scheds), sum(s.n_slots for s in scheds)
+        return KvCacheUsage(tokens=sum(s.tokens_held() for s in scheds),
+                            capacity_tokens=sum(s.n_slots * s.length for s in scheds),
+                            streams=sum(s.in_use() for s in scheds))
 
     def context_length(self, requested: int) -> int:
         """`ctx-size` 0 means min(4096, trained context), as llama.cpp's defaults give for most models."""

@@ -101,6 +101,11 @@ class SlotScheduler:
     def usage(self) -> float:
         return self.in_use() / self.n_slots
 
+    def tokens_held(self) -> int:
+        """Positions of the cache holding a live stream's keys and values."""
+        with self._cond:
+            return sum(r.filled for r in self._rows if r is not None)
+
     def acquire(self) -> Slot:
         """A free row, or BUSY: queueing here could deadlock a guest holding one context while opening another;
         the server queues whole requests instead (its --max-concurrency sizes the slots)."""

@@ -166,36 +166,56 @@ def started_context(named: LlmNamedModel, **extra: object) -> LlmContext:
     return ctx
 
 
+def streams(named: LlmNamedModel) -> int:
+    return named.kv_cache_usage().streams
+
+
 def test_slot_exhaustion_is_busy_and_slots_come_back(named: LlmNamedModel) -> None:
     named.set_stream_slots(2)
-    assert named.kv_cache_usage() == 0.0
+    assert streams(named) == 0
     a = started_context(named)
-    assert named.kv_cache_usage() == 0.5
+    assert streams(named) == 1
     b = started_context(named)
-    assert named.kv_cache_usage() == 1.0
+    assert streams(named) == 2
     with pytest.raises(NNError) as busy:
         started_context(named)
     assert busy.value.errno == Errno.BUSY
     a.fini_single()  # fini_single frees the slot
-    assert named.kv_cache_usage() == 0.5
+    assert streams(named) == 1
     c = started_context(named)
     b.close()  # so does close
     c.compute_single()  # the survivor, moved into the freed row, keeps decoding
-    assert named.kv_cache_usage() == 0.5
+    assert streams(named) == 1
     del c  # a context dropped without close() gives its slot back too
-    assert named.kv_cache_usage() == 0.0
+    assert named.kv_cache_usage().streams == named.kv_cache_usage().tokens == 0
+
+
+def test_kv_usage_counts_the_tokens_each_stream_holds(named: LlmNamedModel) -> None:
+    named.set_stream_slots(2)
+    a = started_context(named)  # "hello": 5 byte tokens prefilled, one sampled
+    usage = named.kv_cache_usage()
+    assert (usage.tokens, usage.capacity_tokens) == (5, 2 * CTX)
+    a.compute_single()  # the sampled token is fed: one more position
+    b = started_context(named)
+    usage = named.kv_cache_usage()
+    assert usage.tokens == 5 + 1 + 5
+    assert usage.ratio == pytest.approx(11 / (2 * CTX))
+    a.close()
+    assert named.kv_cache_usage().tokens == 5
+    b.close()
+    assert named.kv_cache_usage().tokens == 0
 
 
 def test_end_of_generation_and_compute_free_the_slot(named: LlmNamedModel) -> None:
     ctx = started_context(named, **{"n-predict": 3})
-    assert named.kv_cache_usage() > 0
+    assert streams(named) == 1
     ctx.compute()
-    assert named.kv_cache_usage() == 0.0
+    assert streams(named) == 0
     assert len(ctx.get_output(0)) > 0
     ctx.compute_single()  # continuing after compute re-takes a slot and re-evaluates what was fed
-    assert named.kv_cache_usage() > 0
+    assert streams(named) == 1
     ctx.close()
-    assert named.kv_cache_usage() == 0.0
+    assert streams(named) == 0
 
 
 def test_compaction_keeps_streams_exact(tiny: LoadedModel) -> None:
@@ -229,11 +249,11 @@ def test_cancelled_guest_frees_its_slot(named: LlmNamedModel) -> None:
     sandbox = Sandbox(built_guest("llm_stream"), host_with(default=named), cache_dir=None)
     cancel = threading.Event()
     chunks: list[bytes] = []
-    seen_usage: list[float] = []
+    seen_usage: list[int] = []
 
     def on_chunk(data: bytes) -> None:
         chunks.append(data)
-        seen_usage.append(named.kv_cache_usage())
+        seen_usage.append(named.kv_cache_usage().tokens)
         if len(chunks) == 3:
             cancel.set()
 
@@ -242,7 +262,7 @@ def test_cancelled_guest_frees_its_slot(named: LlmNamedModel) -> None:
                          Limits(timeout_s=30), cancel=cancel)
     assert result.cancelled
     assert max(seen_usage) > 0  # it held a slot while streaming
-    assert named.kv_cache_usage() == 0.0
+    assert named.kv_cache_usage().tokens == 0
 
 
 def test_serve_sizes_slots_and_exports_kv_usage(named: LlmNamedModel) -> None:
@@ -252,10 +272,11 @@ def test_serve_sizes_slots_and_exports_kv_usage(named: LlmNamedModel) -> None:
     loaded = ctx.loaded
     assert loaded.scheduler(CTX).n_slots == 3  # --max-concurrency streams fit
 
-    def gauge() -> float | None:
+    def gauges() -> list[float | None]:
         metrics.refresh()
-        return metrics.registry.get_sample_value("kwasi_kv_cache_usage_ratio", {"model": "default"})
+        return [metrics.registry.get_sample_value(f"kwasi_kv_cache_{name}", {"model": "default"})
+                for name in ("usage_tokens", "capacity_tokens", "usage_ratio")]
 
-    assert gauge() == pytest.approx(1 / 3)
+    assert gauges() == pytest.approx([5, 3 * CTX, 5 / (3 * CTX)])  # "hello": 5 tokens held
     ctx.close()
-    assert gauge() == 0.0
+    assert gauges() == [0, 3 * CTX, 0.0]
