@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -28,6 +31,34 @@ STATUS_UPDATES = Counter(
 MANAGED = Gauge(
     "kwasi_operator_managed_objects", "WasmInference objects this operator currently tracks.", registry=REGISTRY,
 )
+QUEUE_STATES = ("running", "queued", "retrying")
+QUEUE_DEPTH = Gauge(
+    "kwasi_operator_workqueue_depth",
+    "Keys in the work queue: running (a reconcile in progress), queued (one more run due after it), "
+    "retrying (waiting on a backoff timer).", ["state"], registry=REGISTRY,
+)
+# Per object, as the status reports them: what the alerts on pods that do not become ready compare.
+REPLICAS = Gauge(
+    "kwasi_operator_wasminference_replicas", "Replicas of a WasmInference's Deployment, desired and ready.",
+    ["namespace", "wasminference", "state"], registry=REGISTRY,
+)
+
+
+def watch_queue(depth: Callable[[str], int]) -> None:
+    """Read the work queue's depth at scrape time (one operator per process)."""
+    for state in QUEUE_STATES:
+        QUEUE_DEPTH.labels(state=state).set_function(lambda s=state: depth(s))  # type: ignore[misc]
+
+
+def set_replicas(namespace: str, name: str, desired: int, ready: int) -> None:
+    REPLICAS.labels(namespace=namespace, wasminference=name, state="desired").set(desired)
+    REPLICAS.labels(namespace=namespace, wasminference=name, state="ready").set(ready)
+
+
+def forget_replicas(namespace: str, name: str) -> None:
+    for state in ("desired", "ready"):
+        with contextlib.suppress(KeyError):
+            REPLICAS.remove(namespace, name, state)
 
 
 def serve(port: int, addr: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from kwasi_operator import metrics
 from kwasi_operator.control.workqueue import WorkQueue
 
 
@@ -83,5 +84,30 @@ def test_close_cancels_runs_and_timers() -> None:
         await queue.close()
         await asyncio.sleep(0.03)
         assert work.runs == ["a"] and len(queue) == 0 and not queue.pending("b")
+
+    asyncio.run(main())
+
+
+def test_depth_by_state_is_what_the_metric_exports() -> None:
+    async def main() -> None:
+        work = Recorder()
+        queue = WorkQueue(work)
+        metrics.watch_queue(queue.depth)
+
+        def exported() -> dict[str, float | None]:
+            return {s: metrics.REGISTRY.get_sample_value("kwasi_operator_workqueue_depth", {"state": s})
+                    for s in metrics.QUEUE_STATES}
+
+        work.gate.clear()
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0)
+        queue.add("a")  # due again after the current run
+        queue.add("c", delay=10.0)
+        assert exported() == {"running": 2, "queued": 1, "retrying": 1}
+        work.gate.set()
+        queue.forget("c")
+        await settle(queue)
+        assert exported() == {"running": 0, "queued": 0, "retrying": 0}
 
     asyncio.run(main())

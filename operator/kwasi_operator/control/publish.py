@@ -40,6 +40,8 @@ async def publish(op: Operator, key: st.Key) -> None:
     pods = list(op.indices.pods.get(key, []))
     before = obj.published
     new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()))
+    want = obj.desired.replicas if obj.desired.replicas is not None else int(new.get("replicas", 0))
+    metrics.set_replicas(*key, desired=want, ready=int(new.get("readyReplicas", 0)))
     if st.same(before, new):
         return
     try:

@@ -85,6 +85,7 @@ class Operator:
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.work)
+        metrics.watch_queue(self.queue.depth)
 
     def client(self) -> Kube:
         if self.kube is None:
@@ -150,6 +151,7 @@ class Operator:
             obj.publishing.cancel()
         self.queue.forget(key)
         metrics.MANAGED.set(len(self.objects))
+        metrics.forget_replicas(*key)
 
     def event(self, key: st.Key, type_: str, reason: str, message: str) -> None:
         obj = self.objects.get(key)

@@ -62,6 +62,10 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._running)
 
+    def depth(self, state: str) -> int:
+        """Keys running, queued for one more run after the current one, or retrying on a timer."""
+        return {"running": len(self._running), "queued": len(self._dirty), "retrying": len(self._timers)}[state]
+
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.add(key)
