@@ -12,7 +12,7 @@ ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
 	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
 
-.PHONY: install guests demo test unit lint bench clean
+.PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture
 
 $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml operator/dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,16 +36,32 @@ $(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
 demo: install guests
 	$(PY) demo/main.py
 
-test: install guests lint cluster-build
+test: install guests lint cluster-build prometheus-build
 	$(PY) -m pytest -q tests
 
-# Everything that needs no cluster: the runtime, the operator's unit tests and the layer check (a few minutes).
-unit: install guests lint
+# Everything that needs no cluster: the runtime, the operator's unit tests, the dashboards against a local
+# Prometheus, and the layer check (a few minutes).
+unit: install guests lint prometheus-build
 	$(PY) -m pytest -q tests --ignore=tests/cluster
 
 lint: install
-	$(VENV)/bin/ruff check runtime operator tests bench demo
-	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator operator/dev/kwasi_operator_dev bench demo tests
+	$(VENV)/bin/ruff check runtime operator dashboards tests bench demo
+	$(VENV)/bin/mypy runtime/kwasi_runtime operator/kwasi_operator operator/dev/kwasi_operator_dev dashboards/kwasi_dashboards bench demo tests
+	PYTHONPATH=dashboards $(PY) -m kwasi_dashboards --check
+
+# The chart's Grafana dashboards are generated: edit dashboards/kwasi_dashboards, then run this and commit.
+dashboards: install
+	PYTHONPATH=dashboards $(PY) -m kwasi_dashboards
+
+# Prometheus + promtool for the dashboard and alert tests, from the Go module proxy into the cluster cache
+# (cold: 7-11 min on 2 cores, once).
+prometheus-build:
+	nice hack/cluster/prometheus.sh build
+
+# The README's picture: the Overview dashboard drawn from a real Prometheus scraping SmolLM2 under load (~3 min).
+docs-picture: install guests prometheus-build
+	KWASI_DASHBOARD_MODEL=smollm2 KWASI_DASHBOARD_ROUNDS=4 KWASI_DOCS_PICTURE=$(abspath docs/dashboard-overview.png) \
+		$(PY) -m pytest -q tests/dashboards/test_dashboard_data.py
 
 bench: install guests
 	# llama.cpp is a peer in bench/decode.py; it builds from source (about 20 min on 2 cores, once).

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"kwasi_runtime": ROOT / "runtime" / "kwasi_runtime", "kwasi_operator": ROOT / "operator" / "kwasi_operator"}
+PACKAGES = {"kwasi_runtime": ROOT / "runtime" / "kwasi_runtime", "kwasi_operator": ROOT / "operator" / "kwasi_operator",
+            "kwasi_dashboards": ROOT / "dashboards" / "kwasi_dashboards"}
 
 # Lower numbers are lower layers. The package roots hold the public API re-exports, so they sit on top.
 LAYERS: dict[str, int] = {
@@ -39,6 +40,15 @@ LAYERS: dict[str, int] = {
     "kwasi_operator.handlers": 4,
     "kwasi_operator.cli": 5,
     "kwasi_operator": 6,
+    # dashboards: query and JSON builders, then the dashboards and the Prometheus client, then what uses them
+    "kwasi_dashboards.promql": 0,
+    "kwasi_dashboards.grafana": 0,
+    "kwasi_dashboards.boards": 1,
+    "kwasi_dashboards.evaluate": 1,
+    "kwasi_dashboards.catalog": 2,
+    "kwasi_dashboards.render": 2,
+    "kwasi_dashboards.__main__": 3,
+    "kwasi_dashboards": 4,
 }
 
 

@@ -14,6 +14,13 @@ from kwasi_operator.control.state import Options
 from kwasi_operator.handlers import register
 
 
+def _label(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected KEY=VALUE")
+    return key, val
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kwasi-operator", description=__doc__)
     scope = p.add_mutually_exclusive_group()
@@ -33,6 +40,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="concurrent writes to the API server; Deployments are served first under a burst")
     p.add_argument("--status-delay-seconds", type=float, default=0.5,
                    help="coalescing window for status updates caused by Deployment/pod events")
+    p.add_argument("--monitor-label", action="append", default=[], type=_label, metavar="KEY=VALUE",
+                   help="label every ServiceMonitor/PodMonitor this operator renders (repeatable; e.g. release=<the "
+                        "kube-prometheus-stack release>, which its Prometheus selects on); a spec's own labels win")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p.parse_args(argv)
@@ -48,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, Options(resync_s=args.resync_seconds, backoff_s=args.backoff_seconds,
-                               status_delay_s=args.status_delay_seconds, max_inflight=args.max_inflight))
+                               status_delay_s=args.status_delay_seconds, max_inflight=args.max_inflight,
+                               monitor_labels=dict(args.monitor_label)))
     metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     kopf.run(

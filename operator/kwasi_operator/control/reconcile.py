@@ -71,7 +71,7 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
     if problem is not None:
         await _fail(op, key, problem)
 
-    manifests = render(name, namespace, spec, await kube.monitoring_available())
+    manifests = render(name, namespace, spec, await kube.monitoring_available(), op.options.monitor_labels)
     kopf.append_owner_reference(manifests, owner=cast(kopf.Body, body))
     try:
         # The Deployment first (pods start sooner); then the rest together.

@@ -30,6 +30,7 @@ class Options:
     backoff_s: float = 1.0  # first retry delay of a spec that cannot be realised; doubles up to MAX_BACKOFF_S
     status_delay_s: float = 0.5  # coalescing window for status updates caused by child events
     max_inflight: int = 32  # concurrent writes to the API server (Deployments first)
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)  # on every ServiceMonitor/PodMonitor
 
 
 class Retry(Exception):

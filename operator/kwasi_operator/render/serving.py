@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from kwasi_operator.render.meta import meta, selector
+from kwasi_operator.render.meta import INSTANCE_LABEL, meta, selector
 from kwasi_operator.spec import Obj, Spec
 
 
@@ -20,14 +21,24 @@ def service(name: str, namespace: str, spec: Spec) -> Obj:
     }
 
 
-def monitors(name: str, namespace: str, spec: Spec) -> list[Obj]:
-    """ServiceMonitor / PodMonitor as asked; the caller drops them when the CRDs are absent."""
+# Every runtime series gets the object's name as `wasminference` (the dashboards' variable), from the pod label
+# as Prometheus' Kubernetes discovery names it.
+WASMINFERENCE_RELABEL: Obj = {
+    "sourceLabels": ["__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in INSTANCE_LABEL)],
+    "targetLabel": "wasminference",
+}
+
+
+def monitors(name: str, namespace: str, spec: Spec, default_labels: Mapping[str, str] | None = None) -> list[Obj]:
+    """ServiceMonitor / PodMonitor as asked; the caller drops them when the CRDs are absent. `default_labels`
+    (the operator's --monitor-label, e.g. kube-prometheus-stack's `release`) yield to the spec's own."""
     metrics = spec.section("metrics")
     interval = metrics.get("interval", "15s")
     m = meta(name, namespace)
-    m["labels"] = {**m["labels"], **metrics.get("labels", {})}
+    m["labels"] = {**(default_labels or {}), **m["labels"], **metrics.get("labels", {})}
     out: list[Obj] = []
-    endpoint: dict[str, Any] = {"port": "http", "path": "/metrics", "interval": interval}
+    endpoint: dict[str, Any] = {"port": "http", "path": "/metrics", "interval": interval,
+                                "relabelings": [WASMINFERENCE_RELABEL]}
     if metrics.get("serviceMonitor"):
         out.append({
             "apiVersion": "monitoring.coreos.com/v1",

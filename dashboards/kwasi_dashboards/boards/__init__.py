@@ -1,0 +1,1 @@
+"""One module per dashboard; `runtime` holds what the three runtime dashboards share."""
