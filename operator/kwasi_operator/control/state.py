@@ -18,6 +18,7 @@ from kwasi_operator import metrics
 from kwasi_operator import status as st
 from kwasi_operator.control.workqueue import WorkQueue
 from kwasi_operator.kube import ApiError, Kube
+from kwasi_operator.kube.client import CHILD_KINDS
 from kwasi_operator.spec import Obj
 
 log = logging.getLogger("kwasi_operator")
@@ -87,6 +88,8 @@ class Operator:
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.work)
         metrics.watch_queue(self.queue.depth)
+        for kind in CHILD_KINDS:  # at 0 from start-up, so the first repair shows in rate()
+            metrics.REPAIRS.labels(kind=kind)
 
     def client(self) -> Kube:
         if self.kube is None:
