@@ -164,6 +164,8 @@ class MeteredContext(ExecutionContext):
             # End of generation is a sampled token too (GGML counts it in output_tokens).
             if e.errno == Errno.END_OF_SEQUENCE:
                 self._token(started, first)
+            elif first:  # refused before its first token (a prompt too long, no free slot): nothing was processed
+                self.generating = False
             raise
         self._token(started, first)
 

@@ -83,6 +83,21 @@ def test_finish_reasons_length_and_error() -> None:
         s.stop()
 
 
+def test_a_prompt_refused_before_its_first_token_counts_no_tokens() -> None:
+    s = ServerThread(ScriptedTokens(ctx_tokens=3))
+    try:
+        with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0) as client, \
+                pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="default", messages=QUESTION)
+        s.wait_idle()
+        assert s.sample("kwasi_requests_total", **LABELS, status="400", finish_reason="error") == 1
+        for name in ("kwasi_prompt_tokens_total", "kwasi_generation_tokens_total", "kwasi_request_prompt_tokens_count",
+                     "kwasi_time_to_first_token_seconds_count"):
+            assert s.sample(name, **LABELS) == 0, name
+    finally:
+        s.stop()
+
+
 def test_exposition_names_units_and_buckets(server: ServerThread) -> None:
     request(server.url, path="/x")
     reply = request(server.url, path="/metrics")
