@@ -1,13 +1,20 @@
 # syntax=docker/dockerfile:1
-# Two images from one file:
-#   docker build --target runtime  -t kwasi-runtime .
-#   docker build --target operator -t kwasi-operator .
-# Both run as a non-root user and work with a read-only root filesystem (caches go to /tmp, an emptyDir).
+# Images from one file (make images builds them with podman; docker works the same):
+#   docker build --target runtime      -t kwasi-runtime .
+#   docker build --target operator     -t kwasi-operator .
+#   docker build --target guests-image -t kwasi-guests .    (the .wasm guests only, for image volumes)
+# Both Python images run as a non-root user and work with a read-only root filesystem (caches go to
+# /tmp, an emptyDir). Dependencies are installed before the code is copied, so a code-only change
+# rebuilds only the last small layer (torch stays cached).
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin kwasi
 WORKDIR /src
 COPY constraints.txt ./
+# Prints a pyproject's [project] dependencies, one per line (pip has no "dependencies only" mode).
+RUN printf '%s\n' 'import sys, tomllib' \
+      'print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' >/usr/local/bin/pyproject-deps
 
 # Guests are built with zig from our C sources (deterministic, -O2 -s).
 FROM base AS guests
@@ -18,20 +25,28 @@ RUN mkdir -p /out && for g in classify llm_stream openai_chat; do \
       python -m ziglang cc --target=wasm32-wasi -O2 -s -o /out/$g.wasm guests/$g.c; done && \
     python -m ziglang cc --target=wasm32-wasi -O2 -s -DNAMED -o /out/classify_named.wasm guests/classify.c
 
+# The guests as an OCI image of plain files: a WasmInference mounts it as an image volume.
+FROM scratch AS guests-image
+COPY --from=guests /out/ /
+
 FROM base AS runtime
-COPY runtime/ runtime/
-RUN pip install -c constraints.txt ./runtime && rm -rf /src/runtime && \
-    useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin kwasi
+COPY runtime/pyproject.toml runtime/
+RUN python /usr/local/bin/pyproject-deps runtime/pyproject.toml >/tmp/deps.txt && \
+    pip install -c constraints.txt -r /tmp/deps.txt && rm /tmp/deps.txt
 COPY --from=guests /out/ /opt/kwasi/guests/
+COPY runtime/ runtime/
+RUN pip install --no-deps ./runtime && rm -rf /src/runtime
 ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["kwasi-runtime"]
 
 FROM base AS operator
+COPY operator/pyproject.toml operator/
+RUN python /usr/local/bin/pyproject-deps operator/pyproject.toml >/tmp/deps.txt && \
+    pip install -c constraints.txt -r /tmp/deps.txt && rm /tmp/deps.txt
 COPY operator/ operator/
-RUN pip install -c constraints.txt ./operator && rm -rf /src/operator && \
-    useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin kwasi
+RUN pip install --no-deps ./operator && rm -rf /src/operator
 ENV HOME=/tmp
 USER 10001:10001
 ENTRYPOINT ["kwasi-operator"]

@@ -22,6 +22,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$HERE/versions.env"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
 K8S_VERSION="${KWASI_K8S_VERSION:-$K8S_VERSION}"
 ETCD_VERSION="${KWASI_ETCD_VERSION:-$ETCD_VERSION}"
 KWOK_VERSION="${KWASI_KWOK_VERSION:-$KWOK_VERSION}"
@@ -44,37 +46,13 @@ KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
-log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 # --------------------------------------------------------------------------------------------- build
-
-# Go settings for every build: local toolchain only (fail fast rather than download another Go),
-# no workspace, static binaries, stripped, path-independent. KWASI_CLUSTER_BUILD_JOBS limits the
-# number of parallel compile jobs (go build -p), KWASI_CLUSTER_NICE the CPU priority.
-go_env() {
-  export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
-  # Module proxy only: drop the `direct` (VCS) fallback so nothing is fetched from code hosts.
-  local proxy; proxy="$(go env GOPROXY 2>/dev/null || true)"; proxy="${proxy%[,|]direct}"
-  [[ -z "$proxy" || "$proxy" == direct || "$proxy" == off ]] || export GOPROXY="$proxy"
-  if [[ -n "${KWASI_CLUSTER_BUILD_JOBS:-}" ]]; then GOFLAGS+=" -p=$KWASI_CLUSTER_BUILD_JOBS"; fi
-  export GOFLAGS
-}
-gorun() {
-  command -v go >/dev/null || die "go is not on PATH (needed to build the cluster binaries)"
-  nice -n "${KWASI_CLUSTER_NICE:-10}" go "$@"; }
 
 have_bins() { # dir bin...
   local d="$1"; shift
   local b; for b in "$@"; do [[ -x "$d/bin/$b" ]] || return 1; done
   [[ -f "$d/.complete" ]]
-}
-
-record_time() { # component phase seconds
-  mkdir -p "$CACHE"
-  printf '%s\t%s\t%s\t%ss\t%s\n' "$(date -u +%FT%TZ)" "$1" "$2" "$3" "GOFLAGS=$GOFLAGS nice=${KWASI_CLUSTER_NICE:-10}" \
-    >>"$CACHE/build-times.tsv"
-  log "$1: $2 took $3 s"
 }
 
 finish_bins() { # dir : move bin.tmp -> bin atomically and mark complete
