@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2329 # functions are also called indirectly (build_"$c", wait_for ... healthy)
-# Local, real Kubernetes control plane for kwasi tests.
+# Local, real Kubernetes cluster for kwasi tests: control plane, kwok GPU nodes, one real node, Prometheus.
 #
-#   hack/cluster/cluster.sh build [k8s|etcd|kwok|helm ...]  build missing binaries into the cache
-#   hack/cluster/cluster.sh up                               build if missing, start, create kwok nodes
-#   hack/cluster/cluster.sh down                             stop everything (keeps logs)
-#   hack/cluster/cluster.sh status                           show processes and nodes
-#   hack/cluster/cluster.sh env                              print shell exports (eval "$(... env)")
-#   hack/cluster/cluster.sh paths                            print the cached binary paths
-#   hack/cluster/cluster.sh clean                            down + remove the run dir
+#   hack/cluster/cluster.sh build [COMPONENT ...]  build missing binaries into the cache (default: all of
+#                                                  k8s etcd kwok helm kubelet containerd prometheus)
+#   hack/cluster/cluster.sh up                     build if missing, start, create the nodes, start Prometheus
+#   hack/cluster/cluster.sh down                   stop everything, pods first (keeps logs)
+#   hack/cluster/cluster.sh status                 show processes, nodes, the real node's pods and containers
+#   hack/cluster/cluster.sh env                    print shell exports (eval "$(... env)"): KUBECONFIG,
+#                                                  KWASI_PROMETHEUS_URL, PATH
+#   hack/cluster/cluster.sh paths                  print the cached binary paths (kubectl, helm, promtool, ...)
+#   hack/cluster/cluster.sh clean                  down + remove the run dir
 #   Settings (environment): KWASI_CLUSTER_CACHE, KWASI_CLUSTER_DIR, KWASI_CLUSTER_*_PORT,
 #   KWASI_CLUSTER_BUILD_JOBS (go build -p), KWASI_CLUSTER_NICE, KWASI_{K8S,ETCD,KWOK,HELM}_VERSION,
-#   KWASI_CLUSTER_WATCH_PID (`up`: stop the cluster when that process exits).
+#   KWASI_CONTAINERD_VERSION, KWASI_PROMETHEUS_VERSION, KWASI_CLUSTER_REAL_NODE=0 (kwok nodes only,
+#   no Prometheus), KWASI_CLUSTER_NODE_NET, KWASI_CLUSTER_WATCH_PID (`up`: stop the cluster when that
+#   process exits).
 #
 # Binaries come from the Go module proxy only (k8s.io/kubernetes with a wrapper go.mod carrying the
-# staging `replace` lines, go.etcd.io/etcd/server/v3, sigs.k8s.io/kwok, helm.sh/helm) and are cached
-# outside git in ${KWASI_CLUSTER_CACHE:-$HOME/.cache/kwasi-cluster}/<component>-<version>/bin.
-# Everything listens on 127.0.0.1 only. See hack/cluster/README.md.
+# staging `replace` lines, go.etcd.io/etcd/server/v3, sigs.k8s.io/kwok, helm.sh/helm, containerd,
+# prometheus) and are cached outside git in ${KWASI_CLUSTER_CACHE:-$HOME/.cache/kwasi-cluster}/<component>-<version>/bin.
+# Everything listens on 127.0.0.1, or on the real node's bridge. See hack/cluster/README.md.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$HERE/versions.env"
-# shellcheck source-path=SCRIPTDIR source=common.sh
-source "$HERE/common.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$HERE/lib/common.sh"
 K8S_VERSION="${KWASI_K8S_VERSION:-$K8S_VERSION}"
 ETCD_VERSION="${KWASI_ETCD_VERSION:-$ETCD_VERSION}"
 KWOK_VERSION="${KWASI_KWOK_VERSION:-$KWOK_VERSION}"
@@ -45,6 +49,10 @@ ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# shellcheck source-path=SCRIPTDIR source=lib/node.sh
+source "$HERE/lib/node.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/prometheus.sh
+source "$HERE/lib/prometheus.sh"
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -59,13 +67,11 @@ finish_bins() { # dir : move bin.tmp -> bin atomically and mark complete
   rm -rf "${1:?}/bin"; mv "$1/bin.tmp" "$1/bin"; date -u +%FT%TZ >"$1/.complete"
 }
 
-build_k8s() {
-  local d="$K8S_DIR" v="$K8S_VERSION"
-  if have_bins "$d" "${K8S_BINS[@]}"; then log "k8s $v: cached in $d"; return; fi
-  log "k8s $v: building ${K8S_BINS[*]} into $d"
+# k8s_wrapper dir version : a throw-away module in dir/src that requires k8s.io/kubernetes@version and
+# replaces each staging module (exactly the `=> ./staging/...` lines of its root go.mod) by v0.X.Y.
+k8s_wrapper() {
+  local d="$1" v="$2"
   mkdir -p "$d/src" && rm -rf "$d/bin.tmp" && cd "$d/src"
-  local t0=$SECONDS
-  # The staging modules to replace are exactly the `=> ./staging/...` lines of the root go.mod.
   local rootmod dl
   dl="$(gorun mod download -json "k8s.io/kubernetes@$v" 2>&1)" || true
   rootmod="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$dl")"
@@ -88,9 +94,18 @@ build_k8s() {
     echo ")"
   } >go.mod
   rm -f go.sum
-  local pkgs=() b; for b in "${K8S_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  K8S_STAGING_COUNT="$(wc -w <<<"$staging")"
+}
+
+# k8s_build dir version binary... : the binaries, version-stamped, from one `go build` (shared
+# packages are compiled once).
+k8s_build() {
+  local d="$1" v="$2"; shift 2
+  local t0=$SECONDS
+  k8s_wrapper "$d" "$v"
+  local pkgs=() b; for b in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   gorun get "${pkgs[@]/%/@$v}"
-  record_time k8s "download+resolve ($(wc -w <<<"$staging") staging replaces)" $((SECONDS - t0))
+  record_time "$(basename "$d")" "download+resolve ($K8S_STAGING_COUNT staging replaces)" $((SECONDS - t0))
   t0=$SECONDS
   local maj="${v#v}"; maj="${maj%%.*}"; local mnr="${v#v*.}"; mnr="${mnr%%.*}"
   local date; date="$(date -u +%FT%TZ)"
@@ -98,11 +113,16 @@ build_k8s() {
   local p; for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=$v -X $p.gitMajor=$maj -X $p.gitMinor=$mnr -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  # One `go build` for all four: shared packages are compiled once.
   mkdir -p "$d/bin.tmp"
   gorun build -trimpath -ldflags "$ld" -o "$d/bin.tmp/" "${pkgs[@]}"
-  record_time k8s "compile+link ${K8S_BINS[*]}" $((SECONDS - t0))
+  record_time "$(basename "$d")" "compile+link $*" $((SECONDS - t0))
   finish_bins "$d"
+}
+
+build_k8s() {
+  if have_bins "$K8S_DIR" "${K8S_BINS[@]}"; then log "k8s $K8S_VERSION: cached in $K8S_DIR"; return; fi
+  log "k8s $K8S_VERSION: building ${K8S_BINS[*]} into $K8S_DIR"
+  k8s_build "$K8S_DIR" "$K8S_VERSION" "${K8S_BINS[@]}"
 }
 
 build_etcd() {
@@ -162,8 +182,10 @@ build_helm() {
   finish_bins "$d"
 }
 
+ALL_COMPONENTS=(k8s etcd kwok helm kubelet containerd prometheus)
+
 cmd_build() {
-  local what=("$@"); [[ ${#what[@]} -gt 0 ]] || what=(k8s etcd kwok helm)
+  local what=("$@"); [[ ${#what[@]} -gt 0 ]] || what=("${ALL_COMPONENTS[@]}")
   mkdir -p "$CACHE"
   ( # subshell: the lock (fd 9) is released on exit and not inherited by cluster processes
     go_env
@@ -172,8 +194,8 @@ cmd_build() {
     local t0=$SECONDS c
     for c in "${what[@]}"; do
       case "$c" in
-        k8s | etcd | kwok | helm) (build_"$c") || die "building $c failed (see output above)" ;;
-        *) die "unknown component '$c' (k8s|etcd|kwok|helm)" ;;
+        k8s | etcd | kwok | helm | kubelet | containerd | prometheus) (build_"$c") || die "building $c failed (see output above)" ;;
+        *) die "unknown component '$c' (${ALL_COMPONENTS[*]})" ;;
       esac
     done
     if ((SECONDS - t0 > 5)); then log "build took $((SECONDS - t0)) s; cache: $(du -sh "$CACHE" | cut -f1) in $CACHE"; fi
@@ -184,6 +206,8 @@ cmd_paths() {
   local b
   for b in "${K8S_BINS[@]}"; do echo "$K8S_DIR/bin/$b"; done
   echo "$ETCD_DIR/bin/etcd"; echo "$KWOK_DIR/bin/kwok"; echo "$KWOK_DIR/bin/kwokctl"; echo "$HELM_DIR/bin/helm"
+  echo "$KUBELET_DIR/bin/kubelet"; for b in containerd containerd-shim-runc-v2 ctr; do echo "$CONTAINERD_DIR/bin/$b"; done
+  echo "$PROMETHEUS_DIR/bin/prometheus"; echo "$PROMETHEUS_DIR/bin/promtool"
 }
 
 # ------------------------------------------------------------------------------------------- run
@@ -226,7 +250,7 @@ gen_pki() {
         -extfile "$1.ext" 2>/dev/null
       rm -f "$1.csr" "$1.ext"
     }
-    local sans="IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default"
+    local sans="IP:127.0.0.1,DNS:localhost,IP:$API_SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default"
     sans+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     leaf apiserver "/CN=kube-apiserver" serverAuth "$sans"
     leaf kwok "/CN=kwok-controller" serverAuth,clientAuth "IP:127.0.0.1,DNS:localhost"
@@ -239,6 +263,7 @@ gen_pki() {
     # ServiceAccount token signing key pair (RS256).
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub
+    node_pki
   )
 }
 
@@ -303,12 +328,14 @@ cmd_up() {
     return 0
   fi
   cmd_down quiet
-  cmd_build k8s etcd kwok # what `up` runs; `build` without arguments also builds helm
+  # What `up` runs; `build` without arguments also builds helm.
+  if [[ "$REAL_NODE" == 1 ]]; then cmd_build k8s etcd kwok kubelet containerd prometheus; else cmd_build k8s etcd kwok; fi
   local t0=$SECONDS
   command -v openssl >/dev/null || die "openssl is needed to create the cluster PKI"
   command -v curl >/dev/null || die "curl is needed for health checks"
   local port
-  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
+  for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT" \
+    "$KUBELET_HEALTHZ_PORT" "$PROMETHEUS_PORT"; do
     ! port_in_use "$port" || die "127.0.0.1:$port is already in use (another cluster? set KWASI_CLUSTER_*_PORT)"
   done
   # Fresh state every time; the previous logs are kept as logs.prev.
@@ -317,6 +344,7 @@ cmd_up() {
   [[ ! -d "$RUN_DIR/logs" ]] || mv "$RUN_DIR/logs" "$RUN_DIR/logs.prev"
   mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids" "$RUN_DIR/etcd"
   chmod 700 "$RUN_DIR" "$RUN_DIR/etcd"
+  node_claim
   gen_pki
   local pki="$RUN_DIR/pki"
   write_kubeconfig "$KUBECONFIG_PATH" kwasi-admin admin.crt admin.key
@@ -336,8 +364,17 @@ KUBECONFIG=$KUBECONFIG_PATH
 KWASI_CLUSTER_APISERVER=https://127.0.0.1:$APISERVER_PORT
 KWASI_CLUSTER_ETCD=http://127.0.0.1:$ETCD_PORT
 KWASI_CLUSTER_K8S_VERSION=$K8S_VERSION
-KWASI_CLUSTER_BIN=$K8S_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$HELM_DIR/bin
+KWASI_CLUSTER_BIN=$K8S_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$HELM_DIR/bin:$PROMETHEUS_DIR/bin
 EOF
+  if [[ -n "$NODE_IP" ]]; then
+    cat >>"$RUN_DIR/cluster.env" <<EOF
+KWASI_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
+KWASI_CLUSTER_NODE=$NODE_NAME
+KWASI_CLUSTER_NODE_IP=$NODE_IP
+KWASI_CLUSTER_NODE_TAINT=$NODE_TAINT
+KWASI_CLUSTER_POD_LOGS=$NODE_DIR/private/var/log/pods
+EOF
+  fi
 
   start_proc etcd "$ETCD_DIR/bin/etcd" --name=kwasi --data-dir="$RUN_DIR/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
@@ -356,7 +393,7 @@ EOF
     --kubelet-preferred-address-types=InternalIP,Hostname \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
     --requestheader-client-ca-file="$pki/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
     --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
@@ -374,7 +411,7 @@ EOF
     --root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
     --use-service-account-credentials=true \
     --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --profiling=false
+    --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
   start_proc kube-scheduler "$K8S_DIR/bin/kube-scheduler" --config="$RUN_DIR/scheduler.yaml" \
     --authentication-kubeconfig="$RUN_DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig="$RUN_DIR/scheduler.kubeconfig" \
@@ -397,6 +434,8 @@ EOF
   # Pods cannot be created before the controller-manager has made the namespace's ServiceAccount.
   wait_for kube-controller-manager "ServiceAccount default/default" "$START_TIMEOUT" \
     kc -n default get serviceaccount default || die "no default ServiceAccount"
+  node_up
+  prometheus_up
   if [[ -n "${KWASI_CLUSTER_WATCH_PID:-}" ]]; then
     # Tie the cluster to a process (the pytest fixture passes its pid): when that process is gone
     # without calling `down` (SIGKILL, crash), stop the cluster instead of leaking five daemons.
@@ -436,7 +475,10 @@ stop_procs() { # quiet|loud name... : SIGTERM all, wait up to 15 s, then SIGKILL
 
 cmd_down() {
   local mode="${1:-loud}"
-  # Clients first (in parallel), then the apiserver, then its storage.
+  # The real node first (its pods are deleted through the API server), Prometheus, then the other
+  # clients (in parallel), then the apiserver, then its storage.
+  node_down "$mode"
+  prometheus_down "$mode"
   stop_procs "$mode" kwok kube-scheduler kube-controller-manager
   stop_procs "$mode" kube-apiserver
   stop_procs "$mode" etcd
@@ -451,7 +493,9 @@ cmd_status() {
   for c in "${COMPONENTS[@]}"; do
     if alive "$c"; then echo "$c: running (pid $(pid_of "$c"))"; else echo "$c: not running"; fi
   done
+  if alive prometheus; then echo "prometheus: running (pid $(pid_of prometheus)), http://127.0.0.1:$PROMETHEUS_PORT"; else echo "prometheus: not running"; fi
   if alive kube-apiserver; then kc get nodes -o wide || true; fi
+  node_status
 }
 
 cmd_env() {
@@ -459,7 +503,7 @@ cmd_env() {
   local line
   while IFS= read -r line; do printf 'export %s\n' "$line"; done <"$RUN_DIR/cluster.env"
   # shellcheck disable=SC2016 # $PATH is expanded by the shell that evals this
-  printf 'export PATH=%s:$PATH\n' "$K8S_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$HELM_DIR/bin"
+  printf 'export PATH=%s:$PATH\n' "$K8S_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$HELM_DIR/bin:$PROMETHEUS_DIR/bin"
 }
 
 # ------------------------------------------------------------------------------------------- dispatch
@@ -473,8 +517,8 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     paths) cmd_paths ;;
-    -h | --help | help) sed -n '3,19p' "$0" ;;
-    *) sed -n '3,19p' "$0" >&2; exit 2 ;;
+    -h | --help | help) sed -n '3,24p' "$0" ;;
+    *) sed -n '3,24p' "$0" >&2; exit 2 ;;
   esac
 }
 main "$@"; exit $?

@@ -14,8 +14,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-# shellcheck source-path=SCRIPTDIR source=common.sh
-source "$HERE/common.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$HERE/lib/common.sh"
 # shellcheck source-path=SCRIPTDIR source=versions.env
 source "$HERE/versions.env"
 LOG_TAG=images
