@@ -56,6 +56,10 @@ def parse_dir(value: str) -> Preopen:
 Output = Literal["inherit", "discard"] | Callable[[bytes], None]
 
 
+class GuestStartError(RuntimeError):
+    pass
+
+
 @dataclass
 class WasiSetup:
     args: Sequence[str] = ()
@@ -106,6 +110,7 @@ class Sandbox:
         self.host = host
         self.engine = shared_engine(self.settings)
         data = wasm.read_bytes() if isinstance(wasm, Path) else wasm
+        self.origin = str(wasm) if isinstance(wasm, Path) else f"<{len(data)}-byte module>"
         cache = default_cache_dir() if cache_dir == "default" else cache_dir
         self.module = load_module(self.engine, data, self.settings, cache)
         linker = wasmtime.Linker(self.engine)
@@ -135,6 +140,14 @@ class Sandbox:
             if isinstance(memory, wasmtime.Memory):
                 run.memory = GuestMemory(memory)
             yield GuestInstance(store, instance, exports)
+
+    def check_instantiates(self) -> None:
+        """Instantiates the module once (no function is called); GuestStartError says why it cannot be."""
+        try:
+            with self.instance(WasiSetup()):
+                pass
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            raise GuestStartError(f"guest {self.origin} cannot be instantiated: {_first_line(str(e))}") from None
 
     def run(
         self,

@@ -37,6 +37,7 @@ from kwasi_runtime.wasm.engine import EngineSettings
 
 log = logging.getLogger(__name__)
 
+
 RESERVED = ("/healthz", "/readyz", "/metrics")
 OPENAI_PREFIX = "/v1/"
 
@@ -88,6 +89,9 @@ class Server:
         for guest in (self.app_guest, self.chat_guest):
             if guest is not None:
                 guest.sandbox = Sandbox(guest.path, self.host, settings=settings, cache_dir=self.config.cache_dir)
+                # What would fail every request (an import the host lacks, a trap in the module's start
+                # function, a memory over the limit) stops the server now, with the reason.
+                guest.sandbox.check_instantiates()
         for name in self.model_names:
             model = self.host.models.get(name)
             assert model is not None
