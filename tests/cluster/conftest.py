@@ -1,11 +1,13 @@
-"""A real local Kubernetes control plane for tests (hack/cluster/cluster.sh).
+"""A real local Kubernetes cluster for tests (hack/cluster/cluster.sh).
 
 The session-scoped ``cluster`` fixture builds the binaries when they are missing (from the Go module
 proxy into ``$KWASI_CLUSTER_CACHE``, default ``~/.cache/kwasi-cluster``; a cold build takes a long
-time, run ``hack/cluster/cluster.sh build`` ahead), starts etcd, kube-apiserver (RBAC on),
-kube-controller-manager, kube-scheduler and the kwok controller on 127.0.0.1 with free ports in a
-fresh temporary directory, creates the kwok fake nodes (two GPU nodes, one CPU node) and stops
-everything at the end of the session.  The logs stay in the run directory (printed at teardown).
+time, run ``hack/cluster/cluster.sh build`` ahead) and the images (``make images``, cached), starts
+etcd, kube-apiserver (RBAC on), kube-controller-manager, kube-scheduler and the kwok controller on
+127.0.0.1 with free ports in a fresh temporary directory, creates the kwok fake nodes (two GPU nodes,
+one CPU node), one real node (kubelet + containerd, tainted ``kwasi.dev/real-node`` so that only pods
+that ask for it run there) with the images imported, and Prometheus, and stops everything at the end
+of the session.  The logs stay in the run directory (printed at teardown).
 
 Environment:
   KWASI_SKIP_CLUSTER=1            skip every test that needs the cluster (the only way to skip them;
@@ -14,6 +16,10 @@ Environment:
                                   ``KWASI_CLUSTER_DIR=DIR hack/cluster/cluster.sh up`` and leave it
                                   running (fast edit-test loop)
   KWASI_CLUSTER_CACHE             binary cache directory (see cluster.sh)
+  KWASI_CLUSTER_REAL_NODE=0       kwok nodes only (no images, no real node, no Prometheus)
+  KWASI_KEEP=1                    leave the cluster running after the session, in
+                                  $KWASI_CLUSTER_DIR (default build/cluster-demo), to explore it:
+                                  eval "$(KWASI_CLUSTER_DIR=... hack/cluster/cluster.sh env)"
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "cluster" / "cluster.sh"
+IMAGES = REPO / "hack" / "cluster" / "images.sh"
 PORT_VARS = (
     "KWASI_CLUSTER_ETCD_PORT",
     "KWASI_CLUSTER_ETCD_PEER_PORT",
@@ -39,6 +46,8 @@ PORT_VARS = (
     "KWASI_CLUSTER_KCM_PORT",
     "KWASI_CLUSTER_SCHEDULER_PORT",
     "KWASI_CLUSTER_KWOK_PORT",
+    "KWASI_CLUSTER_KUBELET_HEALTHZ_PORT",
+    "KWASI_CLUSTER_PROMETHEUS_PORT",
 )
 # Generous: a cold build of kube-apiserver & co. on 2 cores is tens of minutes.
 BUILD_TIMEOUT_S = float(os.environ.get("KWASI_CLUSTER_BUILD_TIMEOUT", "5400"))
@@ -60,6 +69,21 @@ class Cluster:
     server: str
     env: dict[str, str] = field(repr=False)
     kubectl_path: str = "kubectl"
+    info: dict[str, str] = field(default_factory=dict, repr=False)  # cluster.env
+
+    @property
+    def real_node(self) -> str | None:
+        """The kubelet node's name (None with KWASI_CLUSTER_REAL_NODE=0)."""
+        return self.info.get("KWASI_CLUSTER_NODE")
+
+    @property
+    def node_ip(self) -> str:
+        """The real node's address on its bridge: pods reach this host there (and only there)."""
+        return self.info["KWASI_CLUSTER_NODE_IP"]
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.info["KWASI_PROMETHEUS_URL"]
 
     def kubectl(
         self,
@@ -140,8 +164,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _run_script(args: list[str], env: dict[str, str], timeout: float) -> str:
+    return _run(SCRIPT, args, env, timeout)
+
+
+def _run(script: Path, args: list[str], env: dict[str, str], timeout: float) -> str:
     proc = subprocess.run(
-        [str(SCRIPT), *args],
+        [str(script), *args],
         check=False,
         env=env,
         capture_output=True,
@@ -151,7 +179,7 @@ def _run_script(args: list[str], env: dict[str, str], timeout: float) -> str:
     )
     if proc.returncode != 0:
         raise ClusterError(
-            f"{SCRIPT.relative_to(REPO)} {' '.join(args)} failed with exit code "
+            f"{script.relative_to(REPO)} {' '.join(args)} failed with exit code "
             f"{proc.returncode}:\n{proc.stderr[-8000:]}{proc.stdout[-2000:]}"
         )
     return proc.stdout + proc.stderr
@@ -180,7 +208,12 @@ def _make_cluster(run_dir: Path, env: dict[str, str]) -> Cluster:
         server=info["KWASI_CLUSTER_APISERVER"],
         env=full_env,
         kubectl_path=kubectl,
+        info=info,
     )
+
+
+def keep() -> bool:
+    return os.environ.get("KWASI_KEEP", "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")
@@ -194,14 +227,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield _make_cluster(Path(existing), dict(os.environ))
         return
 
-    run_dir = tmp_path_factory.mktemp("kwasi-cluster")
     env = dict(os.environ)
+    if keep():
+        run_dir = Path(env.get("KWASI_CLUSTER_DIR") or REPO / "build" / "cluster-demo")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = tmp_path_factory.mktemp("kwasi-cluster")
+        # If this pytest process dies without teardown, the script's watchdog stops the cluster.
+        env["KWASI_CLUSTER_WATCH_PID"] = str(os.getpid())
     env["KWASI_CLUSTER_DIR"] = str(run_dir)
-    # If this pytest process dies without teardown, the script's watchdog stops the cluster.
-    env["KWASI_CLUSTER_WATCH_PID"] = str(os.getpid())
     env.update({var: str(port) for var, port in zip(PORT_VARS, _free_ports(len(PORT_VARS)), strict=False)})
     t0 = time.monotonic()
     _run_script(["build"], env, BUILD_TIMEOUT_S)
+    if env.get("KWASI_CLUSTER_REAL_NODE", "1") != "0":
+        _run(IMAGES, ["build"], env, BUILD_TIMEOUT_S)  # seconds when `make images` ran
     t1 = time.monotonic()
     try:
         _run_script(["up"], env, UP_TIMEOUT_S)
@@ -211,7 +250,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         yield c
     finally:
-        try:
-            _run_script(["down"], env, 120)
-        finally:
-            print(f"\nkwasi cluster stopped; logs in {run_dir / 'logs'}")
+        if keep():
+            print(f"\nKWASI_KEEP=1: the cluster keeps running; explore it with\n"
+                  f'  eval "$(KWASI_CLUSTER_DIR={run_dir} {SCRIPT.relative_to(REPO)} env)"\n'
+                  f"and stop it with KWASI_CLUSTER_DIR={run_dir} {SCRIPT.relative_to(REPO)} down")
+        else:
+            try:
+                _run_script(["down"], env, 180)
+            finally:
+                print(f"\nkwasi cluster stopped; logs in {run_dir / 'logs'}")
