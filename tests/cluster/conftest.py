@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -259,3 +260,50 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 _run_script(["down"], env, 180)
             finally:
                 print(f"\nkwasi cluster stopped; logs in {run_dir / 'logs'}")
+
+
+@dataclass
+class Journey:
+    """The operator as users install it: `helm install` of the chart with the image `make images` built,
+    running as a pod on the real node, watching two namespaces the tests use (`apps`, `bad`)."""
+
+    cluster: Cluster
+    system: str
+    apps: str
+    bad: str
+    release: str
+    helm: str
+
+    def run_helm(self, *args: str, timeout: float = 240) -> str:
+        proc = subprocess.run([self.helm, "--kubeconfig", str(self.cluster.kubeconfig), *args], capture_output=True,
+                              text=True, timeout=timeout, check=False, env=self.cluster.env)
+        if proc.returncode != 0:
+            raise ClusterError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
+        return proc.stdout
+
+
+CHART = REPO / "charts" / "kwasi-operator"
+LOCAL_VALUES = REPO / "hack" / "cluster" / "operator-values.yaml"
+
+
+@pytest.fixture(scope="session")
+def journey(cluster: Cluster) -> Iterator[Journey]:
+    if not cluster.real_node:
+        pytest.skip("KWASI_CLUSTER_REAL_NODE=0: the cluster has no real node")
+    helm = shutil.which("helm", path=cluster.env["PATH"])
+    assert helm, f"helm is not in the cluster's binary cache ({cluster.env.get('KWASI_CLUSTER_BIN')})"
+    tag = os.urandom(3).hex()
+    system, apps, bad = (cluster.create_namespace(f"{p}-{tag}") for p in ("kwasi-system", "journey", "bad-paths"))
+    j = Journey(cluster, system, apps, bad, release="kwasi", helm=helm)
+    t0 = time.monotonic()
+    j.run_helm("install", j.release, str(CHART), "-n", system, "-f", str(LOCAL_VALUES),
+               "--set", f"watchNamespaces={{{apps},{bad}}}", "--set", "operator.resyncSeconds=10",
+               "--wait", "--timeout", "180s")
+    print(f"\nhelm install: operator running in {time.monotonic() - t0:.1f}s (namespace {system})")
+    try:
+        yield j
+    finally:
+        if not keep():
+            j.run_helm("uninstall", j.release, "-n", system, "--wait", "--timeout", "120s")
+            for ns in (apps, bad, system):
+                cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 from kwasi_operator_dev.local import REPO, Kubectl, OperatorProcess, free_port, install, service_account_kubeconfig
 
 CLUSTER = REPO / "hack" / "cluster" / "cluster.sh"
-SAMPLES = REPO / "operator" / "deploy" / "samples" / "chat.yaml"
+SAMPLES = REPO / "operator" / "deploy" / "samples" / "smollm2-gpu.yaml"
 PORT_VARS = ("ETCD_PORT", "ETCD_PEER_PORT", "APISERVER_PORT", "KCM_PORT", "SCHEDULER_PORT", "KWOK_PORT")
 
 
