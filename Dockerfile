@@ -36,7 +36,8 @@ RUN python /usr/local/bin/pyproject-deps runtime/pyproject.toml >/tmp/deps.txt &
 COPY --from=guests /out/ /opt/kwasi/guests/
 COPY runtime/ runtime/
 RUN pip install --no-deps ./runtime && rm -rf /src/runtime
-ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm
+# USER: getpass.getuser() (kopf's identity, torch's cache names) must work under any UID a cluster assigns.
+ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp USER=kwasi KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["kwasi-runtime"]
@@ -47,6 +48,6 @@ RUN python /usr/local/bin/pyproject-deps operator/pyproject.toml >/tmp/deps.txt 
     pip install -c constraints.txt -r /tmp/deps.txt && rm /tmp/deps.txt
 COPY operator/ operator/
 RUN pip install --no-deps ./operator && rm -rf /src/operator
-ENV HOME=/tmp
+ENV HOME=/tmp USER=kwasi
 USER 10001:10001
 ENTRYPOINT ["kwasi-operator"]

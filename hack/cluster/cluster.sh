@@ -7,6 +7,7 @@
 #   hack/cluster/cluster.sh up                     build if missing, start, create the nodes, start Prometheus
 #   hack/cluster/cluster.sh down                   stop everything, pods first (keeps logs)
 #   hack/cluster/cluster.sh status                 show processes, nodes, the real node's pods and containers
+#   hack/cluster/cluster.sh images                 import the images of `make images` into the running real node
 #   hack/cluster/cluster.sh env                    print shell exports (eval "$(... env)"): KUBECONFIG,
 #                                                  KWASI_PROMETHEUS_URL, PATH
 #   hack/cluster/cluster.sh paths                  print the cached binary paths (kubectl, helm, promtool, ...)
@@ -515,10 +516,11 @@ main() {
     down) cmd_down ;;
     clean) cmd_clean ;;
     status) cmd_status ;;
+    images) node_import_images ;;
     env) cmd_env ;;
     paths) cmd_paths ;;
-    -h | --help | help) sed -n '3,24p' "$0" ;;
-    *) sed -n '3,24p' "$0" >&2; exit 2 ;;
+    -h | --help | help) sed -n '3,25p' "$0" ;;
+    *) sed -n '3,25p' "$0" >&2; exit 2 ;;
   esac
 }
 main "$@"; exit $?

@@ -65,7 +65,7 @@ def test_the_operator_runs_as_a_pod_on_the_real_node(journey: Journey) -> None:
     [container] = spec["containers"]
     assert container["image"] == "localhost/kwasi-operator:dev"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pod_ready(pod), pod["status"]
+    assert pod_ready(pod) and pod["status"]["containerStatuses"][0]["restartCount"] == 0, pod["status"]
     # The API server reaches this kubelet: logs come through `kubectl logs`.
     logs = c.kubectl("-n", journey.system, "logs", pod["metadata"]["name"]).stdout
     assert "kopf" in logs.lower() or "kwasi" in logs.lower(), logs[-2000:]

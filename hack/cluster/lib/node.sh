@@ -177,8 +177,10 @@ seccompDefault: true
 maxPods: 30
 registerWithTaints:
   - {key: $NODE_TAINT, value: "true", effect: NoSchedule}
-# The disk is shared: do not evict pods or delete images because other work filled it.
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%, imagefs.inodesFree: 2%}
+# The disk is shared: do not evict pods or delete images because other work filled it, and do not keep the
+# disk-pressure taint for the default 5 minutes after a dip.
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%, imagefs.inodesFree: 1%}
+evictionPressureTransitionPeriod: 30s
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 serializeImagePulls: false
@@ -220,7 +222,7 @@ node_import_images() {
   local t0=$SECONDS archive
   for archive in $(hack_images archive "${refs[@]}"); do
     "$CONTAINERD_DIR/bin/ctr" --address "$NODE_DIR/containerd.sock" -n k8s.io images import \
-      --snapshotter overlayfs "$archive" >>"$RUN_DIR/logs/image-import.log" 2>&1 \
+      --snapshotter overlayfs --discard-unpacked-layers "$archive" >>"$RUN_DIR/logs/image-import.log" 2>&1 \
       || { tail -n 20 "$RUN_DIR/logs/image-import.log" >&2; die "importing $archive into containerd failed"; }
   done
   log "imported ${#refs[@]} images into the node's containerd in $((SECONDS - t0)) s"
