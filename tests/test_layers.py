@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     # operator: the spec and what is rendered from it, then API access, then reconciling, then the process
     "kwasi_operator.spec": 0,
     "kwasi_operator.metrics": 0,
+    "kwasi_operator.pod_failures": 0,
     "kwasi_operator.status": 1,
     "kwasi_operator.render": 1,
     "kwasi_operator.kube": 2,

@@ -31,6 +31,7 @@ from kwasi_operator.control.reconcile import reconcile
 from kwasi_operator.control.resync import resync_loop
 from kwasi_operator.control.state import Indices, Operator, Options
 from kwasi_operator.kube import Kube
+from kwasi_operator.kube.incluster import login_in_cluster
 from kwasi_operator.render import INSTANCE_LABEL, MANAGED_BY
 from kwasi_operator.spec import GROUP, PLURAL, VERSION, Obj
 
@@ -85,7 +86,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
     @kopf.on.login(id="login", registry=registry)
     def login(**kw: Any) -> kopf.ConnectionInfo | None:
         # The same sources as the operator's own client: the pod's ServiceAccount, else $KUBECONFIG.
-        return kopf.login_with_service_account(**kw) or kopf.login_with_kubeconfig(**kw)
+        return login_in_cluster(**kw) or kopf.login_with_kubeconfig(**kw)
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:

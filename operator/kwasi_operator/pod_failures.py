@@ -55,10 +55,9 @@ def container_failure(cs: Mapping[str, Any], init: bool) -> PodFailure | None:
     terminated = state.get("terminated") or ({} if cs.get("ready") else (cs.get("lastState") or {}).get("terminated"))
     if not terminated or terminated.get("exitCode", 0) == 0:
         return None
+    reason = "RuntimeFailed"
     if init:
         reason = "FetchFailed" if name.startswith(FETCH_PREFIX) else "InitContainerFailed"
-    else:
-        reason = "RuntimeFailed"
     said = _last_line(terminated.get("message") or "") or terminated.get("reason") or "no message"
     restarts = f", {cs['restartCount']} restarts" if cs.get("restartCount") else ""
     return PodFailure(reason, _short(f"container {name} exited {terminated['exitCode']}{restarts}: {said}"))

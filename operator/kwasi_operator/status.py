@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kwasi_operator.pod_failures import PodFailure, pod_failure
 from kwasi_operator.spec import Obj
 
 Key = tuple[str, str]  # (namespace, WasmInference name)
@@ -49,6 +50,7 @@ class PodInfo:
     phase: str
     node: str | None
     unschedulable: str | None  # the scheduler's message while PodScheduled=False/Unschedulable
+    failure: PodFailure | None = None  # a container that cannot start, in its own words
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
@@ -62,6 +64,7 @@ class PodInfo:
             phase=st.get("phase", "Pending"),
             node=(body.get("spec") or {}).get("nodeName"),
             unschedulable=message,
+            failure=pod_failure(body),
         )
 
 
@@ -180,6 +183,14 @@ def compute(
             ready_c = condition("Ready", False, reason, f"{detail}; {scheduled['message']}")
             progressing = condition("Progressing", True, "WaitingForScheduling", detail)
             degraded = condition("Degraded", ready > 0, reason if ready > 0 else "AsExpected", scheduled["message"])
+        elif broken := [p for p in pods if p.failure is not None]:
+            failure = broken[0].failure
+            assert failure is not None
+            phase = "Degraded" if ready > 0 else "Failed"
+            message = f"{detail}; pod {broken[0].name}: {failure.message}"
+            ready_c = condition("Ready", False, failure.reason, message)
+            progressing = condition("Progressing", False, failure.reason, message)
+            degraded = condition("Degraded", True, failure.reason, message)
         elif failing is not None:
             phase = "Degraded"
             ready_c = condition("Ready", False, failing[0], f"{detail}; {failing[1]}")

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kwasi_operator.pod_failures import MESSAGE_LIMIT, PodFailure, pod_failure
+from kwasi_operator.status import DeploymentInfo, Desired, PodInfo, build
 
 Obj = dict[str, Any]
 
@@ -76,3 +77,20 @@ def test_messages_are_bounded_and_single_line(log: str, code: int) -> None:
     failure = pod_failure(pod(main=[crashed("runtime", code, log)]))
     assert failure is not None and failure.reason == "RuntimeFailed"
     assert len(failure.message) <= MESSAGE_LIMIT and "\n" not in failure.message
+
+
+def test_the_status_quotes_the_failure_until_the_pod_is_ready() -> None:
+    desired = Desired(generation=2, replicas=1, selector="kwasi.dev/wasminference=a", endpoint=None, gpu_resource=None)
+    deployment = DeploymentInfo(generation=1, observed_generation=1, replicas=1, ready_replicas=0,
+                                updated_replicas=1, available_replicas=0, conditions={})
+    body = {"metadata": {"name": "a-1"}, "spec": {"nodeName": "n"},
+            "status": {"phase": "Pending", "containerStatuses": [crashed("runtime", 1, "start-up failed: boom")]}}
+    status = build(desired, deployment, [PodInfo.from_body(body)], None)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["phase"] == "Failed"
+    assert (ready["status"], ready["reason"]) == ("False", "RuntimeFailed")
+    assert ready["message"] == "0/1 replicas ready; pod a-1: container runtime exited 1: start-up failed: boom"
+    running = {**body, "status": {"phase": "Running", "containerStatuses": [
+        {"name": "runtime", "ready": True, "state": {"running": {}}}]}}
+    healthy = build(desired, DeploymentInfo(1, 1, 1, 1, 1, 1, {}), [PodInfo.from_body(running)], None)
+    assert healthy["phase"] == "Ready"

@@ -119,6 +119,10 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
     }
     if files.inits:
         pod_spec["initContainers"] = files.inits
+    for c in [container, *files.inits]:
+        # A container that wrote no termination message is described by its log's tail: the runtime's and
+        # `kwasi-runtime fetch`'s last line is the error, which the status then quotes (pod_failures).
+        c["terminationMessagePolicy"] = "FallbackToLogsOnError"
     if spec.raw.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = spec.raw["imagePullSecrets"]
     if spec.raw.get("serviceAccountName"):
