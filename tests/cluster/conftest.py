@@ -294,13 +294,14 @@ def journey(cluster: Cluster) -> Iterator[Journey]:
     assert helm, f"helm is not in the cluster's binary cache ({cluster.env.get('KWASI_CLUSTER_BIN')})"
     tag = os.urandom(3).hex()
     system, apps, bad = (cluster.create_namespace(f"{p}-{tag}") for p in ("kwasi-system", "journey", "bad-paths"))
-    j = Journey(cluster, system, apps, bad, release="kwasi", helm=helm)
+    # Its own release name: the chart's ClusterRoles are cluster-wide and named after the release.
+    j = Journey(cluster, system, apps, bad, release=f"kwasi-{tag}", helm=helm)
     t0 = time.monotonic()
-    j.run_helm("install", j.release, str(CHART), "-n", system, "-f", str(LOCAL_VALUES),
-               "--set", f"watchNamespaces={{{apps},{bad}}}", "--set", "operator.resyncSeconds=10",
-               "--wait", "--timeout", "180s")
-    print(f"\nhelm install: operator running in {time.monotonic() - t0:.1f}s (namespace {system})")
     try:
+        j.run_helm("install", j.release, str(CHART), "-n", system, "-f", str(LOCAL_VALUES),
+                   "--set", f"watchNamespaces={{{apps},{bad}}}", "--set", "operator.resyncSeconds=10",
+                   "--wait", "--timeout", "180s")
+        print(f"\nhelm install: operator running in {time.monotonic() - t0:.1f}s (namespace {system})")
         yield j
     finally:
         if not keep():

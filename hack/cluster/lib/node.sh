@@ -222,7 +222,7 @@ node_import_images() {
   local t0=$SECONDS archive
   for archive in $(hack_images archive "${refs[@]}"); do
     "$CONTAINERD_DIR/bin/ctr" --address "$NODE_DIR/containerd.sock" -n k8s.io images import \
-      --snapshotter overlayfs --discard-unpacked-layers "$archive" >>"$RUN_DIR/logs/image-import.log" 2>&1 \
+      --local --snapshotter overlayfs --discard-unpacked-layers "$archive" >>"$RUN_DIR/logs/image-import.log" 2>&1 \
       || { tail -n 20 "$RUN_DIR/logs/image-import.log" >&2; die "importing $archive into containerd failed"; }
   done
   log "imported ${#refs[@]} images into the node's containerd in $((SECONDS - t0)) s"
