@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 from cluster.conftest import wait_until
-from cluster.journey import CPU_SAMPLE, START_TIMEOUT_S, ask, say, wait_serving
+from cluster.journey import CPU_SAMPLE, START_TIMEOUT_S, ask, pods, say, wait_serving
 from cluster.objects import children, cond, get
 
 from kwasi_runtime.sample_models import smollm2_gguf
@@ -33,11 +33,16 @@ Obj = dict[str, Any]
 KINDS = "wasminferences,configmaps,secrets,services,deployments,replicasets,pods,serviceaccounts,roles,rolebindings"
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def model_server(journey: Journey) -> Iterator[str]:
     """The GGUF over HTTP on the real node's bridge address (the only host address pods can reach)."""
     model = smollm2_gguf()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model.parent))
+    handler = functools.partial(QuietHandler, directory=str(model.parent))
     server = http.server.ThreadingHTTPServer((journey.cluster.node_ip, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -87,6 +92,7 @@ def failing_with(journey: Journey, doc: Obj, reason: str, *message_parts: str) -
         raise AssertionError(f"{name}: status {(get(c, ns, 'wasminference', name) or {}).get('status')}") from None
     say(f"{name}: Ready={ready['status']} reason={ready['reason']}", ready["message"])
     assert ready["status"] == "False"
+    assert {p["spec"].get("nodeName") for p in pods(c, ns, name)} == {c.real_node}  # it really ran, and failed
     c.kubectl("-n", ns, "delete", "wasminference", name)
     wait_until(lambda: not children(c, ns, name) or None, 120, f"every child of {name} gone")
     after = snapshot(c, ns)

@@ -19,7 +19,7 @@ REAL_NODE="${KWASI_CLUSTER_REAL_NODE:-1}"
 NODE_NAME=kwasi-node
 NODE_NET="${KWASI_CLUSTER_NODE_NET:-10.250}"
 NODE_DIR="$RUN_DIR/node"
-NODE_TAINT=kwasi.dev/real-node
+NODE_TAINT=kwasi.dev/real-node # also its label (=true): pods for the real node select and tolerate it
 KUBELET_PORT="${KWASI_CLUSTER_KUBELET_PORT:-10250}"
 KUBELET_HEALTHZ_PORT="${KWASI_CLUSTER_KUBELET_HEALTHZ_PORT:-20248}"
 # Host paths the node stack writes to no matter what it is told; each is covered by a private
@@ -243,7 +243,7 @@ node_up() {
   start_proc apiserver-proxy socat "TCP-LISTEN:443,bind=$API_SERVICE_IP,reuseaddr,fork" "TCP:127.0.0.1:$APISERVER_PORT"
   start_proc kubelet nsenter --target "$(pid_of node-ns)" --mount -- env PATH="$path" "$KUBELET_DIR/bin/kubelet" \
     --config="$NODE_DIR/kubelet.yaml" --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir=/var/lib/kubelet \
-    --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
+    --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --node-labels="$NODE_TAINT=true" --v=1
   wait_for kubelet "node $NODE_NAME Ready" "$START_TIMEOUT" kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s \
     || die "kubelet did not register a Ready node"
   log "real node $NODE_NAME up in $((SECONDS - t0)) s ($NODE_IP, pods $NODE_NET.$NODE_SLOT.0/24)"
