@@ -19,7 +19,9 @@ def _ready(node: dict[str, Any]) -> bool:
 def _settled_nodes(cluster: Cluster) -> dict[str, dict[str, Any]] | None:
     """The nodes once the node lifecycle controller has lifted its transient `node.kubernetes.io/*` taints
     (a loaded machine may show `not-ready` for a moment after the kwok nodes turn Ready)."""
-    nodes = {n["metadata"]["name"]: n for n in cluster.get_json("nodes")["items"]}
+    # The kwok nodes; the real node (kubelet) is checked in test_journey.py.
+    nodes = {n["metadata"]["name"]: n for n in cluster.get_json("nodes")["items"]
+             if (n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake"}
     transient = [t for n in nodes.values() for t in n["spec"].get("taints", [])
                  if t["key"].startswith("node.kubernetes.io/")]
     return None if transient else nodes

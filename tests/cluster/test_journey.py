@@ -58,6 +58,19 @@ def served(journey: Journey) -> Obj:
     return pod
 
 
+def test_the_real_node_is_ready_beside_the_kwok_nodes(journey: Journey) -> None:
+    c = journey.cluster
+    node = c.get_json("node", c.real_node)
+    info = node["status"]["nodeInfo"]
+    assert (info["kubeletVersion"], info["containerRuntimeVersion"].split("+")[0]) == ("v1.36.3", "containerd://2.4.2")
+    assert pod_ready(node)  # the same shape of condition list
+    assert {"key": "kwasi.dev/real-node", "value": "true", "effect": "NoSchedule"} in node["spec"]["taints"]
+    assert node["metadata"]["labels"]["kwasi.dev/real-node"] == "true"
+    assert [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"] == [c.node_ip]
+    kwok = [n for n in c.get_json("nodes")["items"] if n["metadata"]["name"].startswith("kwok-")]
+    assert kwok and all(pod_ready(n) for n in kwok)
+
+
 def test_the_operator_runs_as_a_pod_on_the_real_node(journey: Journey) -> None:
     c = journey.cluster
     [pod] = c.get_json("-n", journey.system, "pods", "-l", f"app.kubernetes.io/instance={journey.release}")["items"]
