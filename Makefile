@@ -36,7 +36,7 @@ $(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
 demo: install guests
 	$(PY) demo/main.py
 
-test: install guests lint cluster-build prometheus-build
+test: install guests lint cluster-build prometheus-build images
 	$(PY) -m pytest -q tests
 
 # Everything that needs no cluster: the runtime, the operator's unit tests, the dashboards against a local
@@ -70,21 +70,28 @@ bench: install guests
 	$(PY) bench/decode.py
 	$(PY) bench/serve.py
 
-# A real control plane for operator tests: kube-apiserver & co. built from the Go module proxy into
-# ~/.cache/kwasi-cluster (cold: 10-20 min on 2 cores, then reused). KWASI_SKIP_CLUSTER=1 skips it.
+# A real cluster for the operator and journey tests: kube-apiserver & co., kubelet, containerd and Prometheus
+# built from the Go module proxy into ~/.cache/kwasi-cluster (cold: ~15 min on 2 cores, then reused), the
+# images below, kwok GPU nodes and one real node (hack/cluster/README.md). KWASI_SKIP_CLUSTER=1 skips it all.
 CLUSTER := hack/cluster/cluster.sh
-.PHONY: cluster-build cluster-up cluster-down cluster-demo bench-operator
+.PHONY: images cluster-build cluster-up cluster-down cluster-demo bench-operator
 cluster-build:
 	@if [ "$${KWASI_SKIP_CLUSTER:-0}" = 0 ]; then $(CLUSTER) build; fi
+# localhost/kwasi-runtime:dev, -operator:dev, -guests:dev, the SmolLM2 model image and the pause image, with
+# podman from the Dockerfile (cold: ~4 min, warm: seconds; caches in ~/.cache/kwasi-images).
+images: install
+	@if [ "$${KWASI_SKIP_CLUSTER:-0}" = 0 ] && [ "$${KWASI_CLUSTER_REAL_NODE:-1}" != 0 ]; then \
+		KWASI_PYTHON=$(abspath $(PY)) hack/cluster/images.sh build; fi
 cluster-up:
 	$(CLUSTER) up
 	@echo 'eval "$$($(CLUSTER) env)"'
 cluster-down:
 	$(CLUSTER) down
-# The operator on a throw-away local cluster with sample WasmInferences; `kubectl get wasminference` live (~1 min).
-cluster-demo: install
-	$(CLUSTER) build k8s etcd kwok
-	$(PY) -m kwasi_operator_dev.demo --seconds 40
+# The user's journey on a local cluster (tests/cluster/test_journey*.py, printed as it goes): helm install, a
+# SmolLM2 pod answering the openai client, Prometheus, the bad paths. KWASI_KEEP=1 leaves the cluster running.
+cluster-demo: install guests cluster-build images
+	KWASI_KEEP=$${KWASI_KEEP:-0} $(PY) -m pytest -q -s tests/cluster/test_journey.py \
+		tests/cluster/test_journey_bad_paths.py
 # 200 WasmInferences at once on a throw-away cluster (bench/README.md).
 bench-operator: install
 	nice $(PY) bench/operator.py

@@ -80,8 +80,8 @@ class ReadyzProbe:
 
 
 def wait_serving(cluster: Cluster, ns: str, name: str, not_uid: str | None = None) -> tuple[Obj, ReadyzProbe]:
-    """Waits until the WasmInference is Ready with one Ready pod (other than `not_uid`); returns that pod and
-    the /readyz answers of it seen until then."""
+    """Waits until the WasmInference is Ready for its current generation with one Ready pod (other than
+    `not_uid`); returns that pod and the /readyz answers of it seen until then."""
     probe = ReadyzProbe()
 
     def ready() -> Obj | None:
@@ -89,7 +89,8 @@ def wait_serving(cluster: Cluster, ns: str, name: str, not_uid: str | None = Non
         live = [p for p in pods(cluster, ns, name) if p["metadata"]["uid"] != not_uid]
         if len(live) == 1 and live[0].get("status", {}).get("podIP"):
             probe.ip = live[0]["status"]["podIP"]
-        if cond(wi, "Ready").get("status") == "True" and len(live) == 1 and pod_ready(live[0]):
+        current = wi is not None and wi.get("status", {}).get("observedGeneration") == wi["metadata"]["generation"]
+        if current and cond(wi, "Ready").get("status") == "True" and len(live) == 1 and pod_ready(live[0]):
             return live[0]
         return None
 
