@@ -60,6 +60,7 @@ def served(journey: Journey) -> Obj:
 
 def test_the_real_node_is_ready_beside_the_kwok_nodes(journey: Journey) -> None:
     c = journey.cluster
+    assert c.real_node is not None
     node = c.get_json("node", c.real_node)
     info = node["status"]["nodeInfo"]
     assert (info["kubeletVersion"], info["containerRuntimeVersion"].split("+")[0]) == ("v1.36.3", "containerd://2.4.2")
