@@ -286,10 +286,9 @@ node_down() {
 }
 
 node_kill_cgroup() { # slot : SIGKILL every process still in the node's cgroups
-  local f p
-  for f in $(find /sys/fs/cgroup/pids/kwasi-"$1" -name cgroup.procs 2>/dev/null); do
-    while read -r p; do kill -KILL "$p" 2>/dev/null || true; done <"$f"
-  done
+  local p
+  [[ -d /sys/fs/cgroup/pids/kwasi-"$1" ]] || return 0
+  while read -r p; do kill -KILL "$p" 2>/dev/null || true; done < <(find /sys/fs/cgroup/pids/kwasi-"$1" -name cgroup.procs -exec cat {} +)
   sleep 0.2
 }
 
