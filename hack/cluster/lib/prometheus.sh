@@ -17,7 +17,7 @@ build_prometheus() {
   # remove_all_sd + enable_kubernetes_sd: the cloud SDKs (AWS, Azure, GCE, ...) stay out of the
   # build, which more than halves its time. The web UI's assets are not in the Go module (the HTTP
   # API, which is all tests use, works).
-  go_install_to "$d" -tags "remove_all_sd enable_kubernetes_sd" "$m/prometheus@$v" "$m/promtool@$v"
+  go_install_to "$d" -tags "netgo remove_all_sd enable_kubernetes_sd" "$m/prometheus@$v" "$m/promtool@$v"
   record_time prometheus "download+compile+link prometheus promtool" $((SECONDS - t0))
   "$d/bin.tmp/prometheus" --version >/dev/null || die "the built prometheus does not run"
   finish_bins "$d"
