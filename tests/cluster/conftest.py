@@ -304,7 +304,12 @@ def journey(cluster: Cluster) -> Iterator[Journey]:
         print(f"\nhelm install: operator running in {time.monotonic() - t0:.1f}s (namespace {system})")
         yield j
     finally:
-        if not keep():
+        if keep():  # something to explore: the CPU sample serving again
+            sample = REPO / "operator" / "deploy" / "samples" / "smollm2-cpu.yaml"
+            cluster.kubectl("-n", apps, "apply", "-f", str(sample), check=False)
+            print(f"\nKWASI_KEEP=1: {sample.relative_to(REPO)} applied again in namespace {apps}; the operator runs in "
+                  f"{system} (helm release {j.release})")
+        else:
             j.run_helm("uninstall", j.release, "-n", system, "--wait", "--timeout", "120s")
             for ns in (apps, bad, system):
                 cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -62,8 +62,10 @@ $(prom_sd pod)
       - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_managed_by], regex: kwasi-operator, action: keep}
 $(prom_pod_relabel http "      - {source_labels: [__meta_kubernetes_namespace, __meta_kubernetes_pod_label_kwasi_dev_wasminference], separator: /, target_label: job}
       - {source_labels: [__meta_kubernetes_pod_label_kwasi_dev_wasminference], target_label: wasminference}")
-  # The operator itself (the chart's pod, port "metrics").
+  # The operator itself: what the chart's ServiceMonitor selects (its pod's port "metrics"), labels honoured
+  # (its per-WasmInference series carry their own namespace).
   - job_name: kwasi-operator
+    honor_labels: true
 $(prom_sd pod)
     relabel_configs:
       - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], regex: kwasi-operator, action: keep}
