@@ -278,6 +278,8 @@ node_down() {
   done
   ip link del "$bridge" 2>/dev/null || true
   rm -f "$RUN_DIR/node-bridge"
+  # The unpacked images (GBs): nothing mounts them any more; logs and configs stay.
+  alive node-ns || rm -rf "$NODE_DIR/containerd"
   if [[ -f "$NODE_DIR/made-dirs" ]]; then
     local d; while IFS= read -r d; do [[ -z "$d" ]] || rmdir "$d" 2>/dev/null || true; done <"$NODE_DIR/made-dirs"
     rm -f "$NODE_DIR/made-dirs"
@@ -298,9 +300,12 @@ node_status() {
     if alive "$c"; then echo "$c: running (pid $(pid_of "$c"))"; else echo "$c: not running"; fi
   done
   if alive containerd; then
-    echo "containers on $NODE_NAME (containerd, namespace k8s.io):"
-    "$CONTAINERD_DIR/bin/ctr" --address "$NODE_DIR/containerd.sock" -n k8s.io containers ls 2>/dev/null \
-      | awk 'NR>1 {print "  " $2 "  " $1}' | sort | uniq -c | sed 's/^/ /' || true
+    echo "containers on $NODE_NAME (containerd, namespace k8s.io): IMAGE ID STATUS"
+    local ctr=("$CONTAINERD_DIR/bin/ctr" --address "$NODE_DIR/containerd.sock" -n k8s.io)
+    # The image of each container (containers ls) with its task's status (tasks ls), joined on the ID.
+    awk 'NR == FNR { if (FNR > 1) status[$1] = $3; next }
+         FNR > 1 { printf "  %-52s %.12s %s\n", $2, $1, ($1 in status ? status[$1] : "no task") }' \
+      <("${ctr[@]}" tasks ls 2>/dev/null) <("${ctr[@]}" containers ls 2>/dev/null) | sort || true
   fi
   if alive kube-apiserver; then kc get pods -A -o wide --field-selector "spec.nodeName=$NODE_NAME" 2>/dev/null || true; fi
 }
