@@ -47,7 +47,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="leave the cluster and operator running")
     args = p.parse_args()
 
-    env = dict(os.environ, KWASI_CLUSTER_DIR=str(args.run_dir))
+    env = dict(os.environ, KWASI_CLUSTER_DIR=str(args.run_dir), KWASI_CLUSTER_REAL_NODE="0")  # kwok nodes only
     env.update({f"KWASI_CLUSTER_{v}": str(free_port()) for v in PORT_VARS})
     if not args.keep:
         env["KWASI_CLUSTER_WATCH_PID"] = str(os.getpid())
