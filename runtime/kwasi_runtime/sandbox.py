@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from wasmtime._instance import InstanceExports
 
 from kwasi_runtime.nn.guest_memory import GuestMemory
-from kwasi_runtime.nn.host import GuestCancelled, NNHost
+from kwasi_runtime.nn.host import NNHost
+from kwasi_runtime.nn.interrupt import DeadlineExceeded, GuestCancelled
 from kwasi_runtime.wasm.engine import EngineSettings, deadline_ticks, shared_engine
 from kwasi_runtime.wasm.module_cache import default_cache_dir, load_module
 
@@ -72,9 +73,15 @@ class WasiSetup:
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float | None = None
+    timeout_s: float | None = None  # from the start of the run; wasm code is interrupted through epochs
     memory_bytes: int = DEFAULT_MEMORY_LIMIT
     fuel: int | None = None
+    # A request's own deadline (time.monotonic), earlier than timeout_s allows; host calls observe it too.
+    deadline: float | None = None
+
+    def run_deadline(self, started: float) -> float | None:
+        ends = [d for d in (self.deadline, started + self.timeout_s if self.timeout_s else None) if d is not None]
+        return min(ends) if ends else None
 
 
 @dataclass
@@ -84,10 +91,11 @@ class RunResult:
     trap_code: wasmtime.TrapCode | None = None
     cancelled: bool = False
     instantiate_s: float | None = None  # fresh Store + WASI + instantiation, when it got that far
+    deadline_exceeded: bool = False  # the deadline passed inside a host call (no epoch check there)
 
     @property
     def timed_out(self) -> bool:
-        return self.trap_code is wasmtime.TrapCode.INTERRUPT
+        return self.trap_code is wasmtime.TrapCode.INTERRUPT or self.deadline_exceeded
 
     @property
     def out_of_fuel(self) -> bool:
@@ -127,13 +135,14 @@ class Sandbox:
         """A fresh store and instance with this thread's WASI-NN state bound to it until the block ends.
         Raises wasmtime errors from instantiation (e.g. the memory limit)."""
         limits = limits or Limits()
+        deadline = limits.run_deadline(time.monotonic())
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes)
         if self.settings.fuel:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
-        store.set_epoch_deadline(deadline_ticks(limits.timeout_s))
+        store.set_epoch_deadline(deadline_ticks(None if deadline is None else max(0.001, deadline - time.monotonic())))
         store.set_wasi(_wasi_config(wasi))
-        with self.host.guest_run(cancel) as run:
+        with self.host.guest_run(cancel, deadline) as run:
             instance = self._pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
@@ -158,9 +167,14 @@ class Sandbox:
     ) -> RunResult:
         """Runs a WASI command to completion; traps, exits and deadline hits come back as a RunResult.
         Setting `cancel` stops the guest at its next WASI-NN call (`RunResult.cancelled`)."""
+        limits = limits or Limits()
+        deadline = limits.run_deadline(time.monotonic())
         result = self._run(wasi, limits, entry, cancel)
         if result.exit_code is None and cancel is not None and cancel.is_set():
             result.cancelled = True
+        elif result.exit_code is None and not result.timed_out and deadline is not None \
+                and time.monotonic() >= deadline and result.trap is not None and "deadline" in result.trap:
+            result.deadline_exceeded = True
         return result
 
     def _run(
@@ -184,7 +198,7 @@ class Sandbox:
         except wasmtime.WasmtimeError as e:
             result = RunResult(exit_code=None, trap=_first_line(str(e)))
         except GuestCancelled as e:  # the public define_func path re-raises the host's exception
-            result = RunResult(exit_code=None, trap=str(e))
+            result = RunResult(exit_code=None, trap=str(e), deadline_exceeded=isinstance(e, DeadlineExceeded))
         result.instantiate_s = instantiate_s
         return result
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import wasmtime
 
+from kwasi_runtime.nn import interrupt
 from kwasi_runtime.nn.abi import (
     IMPORT_MODULE,
     Errno,
@@ -27,6 +28,7 @@ from kwasi_runtime.nn.abi import (
 from kwasi_runtime.nn.backend_api import BackendResolver, NoBackends, Tensor
 from kwasi_runtime.nn.guest_memory import U32_MASK, GuestMemory
 from kwasi_runtime.nn.handles import NNSession
+from kwasi_runtime.nn.interrupt import GuestCancelled
 from kwasi_runtime.nn.models import NamedModels
 from kwasi_runtime.wasm import raw_linker
 
@@ -49,10 +51,6 @@ SIGNATURES: dict[str, int] = {
     "unload": 1,
     "finalize_execution_context": 1,
 }
-
-
-class GuestCancelled(Exception):
-    """Raised inside a host function to stop the guest with a trap (e.g. its HTTP client went away)."""
 
 
 @dataclass
@@ -118,14 +116,17 @@ class NNHost:
         return NNHost(models, self.backends, self.options)
 
     @contextmanager
-    def guest_run(self, cancel: threading.Event | None = None) -> Iterator[GuestRun]:
+    def guest_run(self, cancel: threading.Event | None = None,
+                  deadline: float | None = None) -> Iterator[GuestRun]:
         """Binds a fresh handle table to this thread for one guest run and frees it afterwards.
-        Once `cancel` is set, the guest's next WASI-NN call traps, so a stream stops within one token."""
+        Once `cancel` is set or `deadline` (time.monotonic) passes, the guest's next WASI-NN call traps, and a
+        backend blocked inside one stops waiting (`interrupt`), so a stream stops within one token."""
         previous = getattr(self._local, "run", None)
         run = GuestRun(cancel=cancel)
         self._local.run = run
         try:
-            yield run
+            with interrupt.bound(cancel, deadline):
+                yield run
         finally:
             self._local.run = previous
             run.session.close()
@@ -136,8 +137,7 @@ class NNHost:
         run: GuestRun | None = getattr(self._local, "run", None)
         if run is None:
             raise NNError(Errno.RUNTIME_ERROR, "no guest run is bound to this thread")
-        if run.cancel is not None and run.cancel.is_set():
-            raise GuestCancelled("cancelled by the host")
+        interrupt.check()
         return run
 
     def define(self, linker: wasmtime.Linker, fast: bool = True) -> None:

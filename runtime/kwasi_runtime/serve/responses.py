@@ -14,13 +14,15 @@ Flavour = Literal["wagi", "openai"]
 
 
 def error_response(flavour: Flavour, status: int, message: str, *, param: str | None = None,
-                   code: str | None = None) -> web.Response:
+                   code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     if flavour == "wagi":
-        return web.Response(status=status, text=message + "\n")
+        return web.Response(status=status, text=message + "\n", headers=headers)
     # OpenAI's types: the client's fault for 4xx, the server's for 5xx and for being too busy.
     kind = "server_error" if status >= 500 or status == 429 else "invalid_request_error"
+    if status == 401:
+        kind = "authentication_error"
     return web.Response(status=status, body=openai.error_body(message, kind, param, code),
-                        content_type="application/json")
+                        content_type="application/json", headers=headers)
 
 
 def guest_failure(result: RunResult, has_output: bool, flavour: Flavour) -> web.Response | None:

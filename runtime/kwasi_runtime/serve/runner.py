@@ -32,6 +32,9 @@ from kwasi_runtime.serve.wagi import Head, PreludeParser
 log = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", used in metrics only
+RETRY_AFTER_S = "1"  # a full queue drains in about a generation; clients back off and retry
+# The guest's own deadline fires first and cleans up; the server answers a guest stuck in a host call after this.
+DEADLINE_GRACE_S = 0.5
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Job:
     parts_left: int = 2
     # The gauge labels taken at admission: a WAGI guest names its model only while it runs.
     labels: dict[str, str] = field(default_factory=dict)
+    response: web.StreamResponse | None = None  # once its headers are out
+    timed_out: bool = False  # the request's deadline ended it from the server's side
 
 
 class GuestRunner:
@@ -85,13 +90,19 @@ class GuestRunner:
     async def run(self, request: web.Request, guest: Guest, record: RequestRecord, env: list[tuple[str, str]],
                    stdin: bytes, flavour: Flavour) -> web.StreamResponse:
         labels = {"model": record.model, "module": record.module}
+        # The request's deadline covers its whole life: the queue, the guest, and a guest blocked in a host call.
+        deadline = record.arrival + self.config.timeout_s if self.config.timeout_s else None
         waiting = self.metrics.requests_waiting.labels(**labels)
         waiting.inc()
         try:
-            await self.admission.acquire()
+            async with asyncio.timeout_at(deadline):
+                await self.admission.acquire()
         except QueueFull:
             msg = f"server busy: {self.admission.running} running, {self.admission.waiting} queued"
-            return self.refuse(record, error_response(flavour, 429, msg))
+            return self.refuse(record, error_response(flavour, 429, msg, headers={"Retry-After": RETRY_AFTER_S}))
+        except TimeoutError:
+            msg = f"the request waited for a guest slot past its deadline ({self.config.timeout_s:g} s)"
+            return self.refuse(record, error_response(flavour, 504, msg))
         except asyncio.CancelledError:
             self.meter.request_ended(record, CLIENT_CLOSED, "abort")
             raise
@@ -103,11 +114,15 @@ class GuestRunner:
         self.jobs.add(job)
         self.metrics.requests_running.labels(**labels).inc()
         assert guest.sandbox is not None
-        self.executor.submit(self._guest_thread, guest.sandbox, job, env, stdin, loop)
-        response: web.StreamResponse | None = None
+        self.executor.submit(self._guest_thread, guest.sandbox, job, env, stdin, loop, deadline)
         try:
-            response = await self._stream(request, job, flavour)
-            return response
+            # The guest's own deadline (epochs in wasm, interrupt polling in host calls) normally ends it first
+            # and frees what it holds; this one answers the client even if a host call never returns.
+            try:
+                async with asyncio.timeout_at(None if deadline is None else deadline + DEADLINE_GRACE_S):
+                    return await self._stream(request, job, flavour)
+            except TimeoutError:
+                return await self._deadline_passed(request, job, flavour)
         except (asyncio.CancelledError, ConnectionResetError):
             # The client went away: stop the guest at its next WASI-NN call (frees its KV slot).
             # A client that leaves right after the last event (e.g. `[DONE]`) races the guest's exit; only a
@@ -118,8 +133,25 @@ class GuestRunner:
         finally:
             self._part_done(job)
 
+    async def _deadline_passed(self, request: web.Request, job: Job, flavour: Flavour) -> web.StreamResponse:
+        """The deadline passed and the guest is still inside a host call: stop it, and answer the client now."""
+        job.timed_out = True
+        job.cancel.set()
+        job.pipe.close_reader()
+        job.status, job.finish_reason = 504, "error"
+        message = f"the request exceeded its deadline ({self.config.timeout_s:g} s)"
+        response = job.response
+        if response is None:
+            return error_response(flavour, 504, message)
+        if "text/event-stream" in response.headers.get("Content-Type", ""):
+            await response.write(b"data: " + openai.error_body(message, "server_error", code="timeout") + b"\n\n")
+            await response.write_eof()
+        elif request.transport is not None:
+            request.transport.abort()  # headers are out: an incomplete chunked body says it failed
+        return response
+
     def _guest_thread(self, sandbox: Sandbox, job: Job, env: list[tuple[str, str]], stdin: bytes,
-                      loop: asyncio.AbstractEventLoop) -> None:
+                      loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         stdin_path: Path | None = None
         result = RunResult(exit_code=None, trap="the guest did not run")
         metering.bind(job.record)
@@ -132,7 +164,7 @@ class GuestRunner:
             setup = WasiSetup(args=[job.record.module], env=env, dirs=self.config.dirs,
                               stdin=stdin_path or "empty", stdout=job.pipe.write, stderr=job.stderr.write)
             limits = Limits(timeout_s=self.config.timeout_s, memory_bytes=self.config.memory_bytes,
-                            fuel=self.config.fuel)
+                            fuel=self.config.fuel, deadline=deadline)
             result = run_guest(sandbox, setup, limits, job.cancel, job.record)
         except Exception as e:  # a host bug must still end the request
             log.exception("guest run failed in the host")
@@ -176,6 +208,7 @@ class GuestRunner:
         response = web.StreamResponse(status=head.status, headers=head.headers)
         response.enable_chunked_encoding()
         await response.prepare(request)
+        job.response = response
         job.status = head.status
         if body:
             await response.write(body)
@@ -207,7 +240,9 @@ class GuestRunner:
         self.idle.set()
         result = job.done.result() if job.done.done() else None
         reason: str | None
-        if result is not None and result.cancelled:
+        if job.timed_out:
+            status, reason = 504, "error"
+        elif result is not None and result.cancelled:
             status, reason = CLIENT_CLOSED, "abort"
         else:
             status = job.status or 500

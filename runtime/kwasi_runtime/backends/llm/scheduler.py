@@ -31,6 +31,7 @@ import torch
 
 from kwasi_runtime.backends.llm.cuda_graphs import DecodeGraph, graphs_supported
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
+from kwasi_runtime.nn import interrupt
 from kwasi_runtime.nn.abi import Errno, NNError
 
 DEFAULT_SLOTS = 4  # kwasi-runtime serve's default --max-concurrency; serve passes its own value
@@ -167,17 +168,21 @@ class SlotScheduler:
                 if req.kind == "decode":
                     self._iteration([req], [])
                 else:
-                    while not req.done:  # whole chunks: the same boundaries as when batched
+                    # Whole chunks: the same boundaries as when batched. A stream that arrives meanwhile queues
+                    # (self._pending): the rest of this prefill goes to the batch thread, interleaved with it.
+                    while not req.done and not self._pending:
+                        interrupt.check()  # a long prompt stops between chunks when its guest is stopped
                         self._iteration([], [req])
             finally:
                 with self._cond:
                     self._forward_running = False
                     self._compact()
                     self._cond.notify_all()
-            if req.error is not None:
-                raise req.error
-            assert req.result is not None
-            return req.result
+            if req.done:
+                if req.error is not None:
+                    raise req.error
+                assert req.result is not None
+                return req.result
         with self._cond:
             self._pending.append(req)
             if self._batch_thread is None:
@@ -185,13 +190,19 @@ class SlotScheduler:
                 self._batch_thread.start()
             self._cond.notify_all()
             while not req.done:
-                self._cond.wait()
-        if req.error is not None:
-            raise req.error
-        assert req.result is not None
-        return req.result
+                self._cond.wait(interrupt.POLL_S)
+                stop = interrupt.stop_reason()
+                if stop is not None:  # the guest was cancelled or ran out of time while waiting its turn
+                    self._finish(req, error=stop)
+            error, result = req.error, req.result
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
 
     def _finish(self, req: _Request, result: torch.Tensor | None = None, error: BaseException | None = None) -> None:
+        if req.done:
+            return  # abandoned by its stream (cancel, deadline) while the batch thread was computing it
         req.result, req.error, req.done = result, error, True
         if req in self._pending:
             self._pending.remove(req)
@@ -203,6 +214,8 @@ class SlotScheduler:
             with self._cond:
                 # A caller may be running a lone step itself; requests arriving meanwhile wait for it.
                 if not self._cond.wait_for(lambda: bool(self._pending) and not self._forward_running, IDLE_EXIT_S):
+                    if self._pending:
+                        continue  # a lone forward is still running; what queued behind it is this thread's
                     self._batch_thread = None  # a later _submit (which holds the lock) starts a new thread
                     return
                 self._gather()
