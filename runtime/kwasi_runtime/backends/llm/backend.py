@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from kwasi_runtime.backends.llm.chat import ChatTemplateError, parse_messages, render_chat
+from kwasi_runtime.backends.llm import extensions
 from kwasi_runtime.backends.llm.config import UnsupportedModelError
 from kwasi_runtime.backends.llm.generation import LoadedModel, Stream, Utf8Assembler
 from kwasi_runtime.backends.llm.options import Options, parse_options
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS
-from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError
+from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError, TensorType
 from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, KvCacheUsage, NamedModel, Tensor
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,12 @@ class LlmNamedModel(NamedModel):
         parts = [model.kv_usage() for model in loaded]
         return KvCacheUsage(tokens=sum(p.tokens for p in parts), capacity_tokens=sum(p.capacity_tokens for p in parts),
                             streams=sum(p.streams for p in parts))
+
+    def context_length(self) -> int | None:
+        """The default context (ctx-size 0) of the loaded model; None before its weights are loaded."""
+        with self._lock:
+            loaded = next(iter(self._loaded.values()), None)
+        return loaded.context_length(0) if loaded is not None else None
 
     def graph(self, config: bytes | None) -> Graph:
         with self._lock:
@@ -149,6 +155,8 @@ class LlmContext(ExecutionContext):
         self.embedding_json: bytes | None = None
         self._utf8 = Utf8Assembler()
         self._restart = False  # after END_OF_SEQUENCE the next compute_single starts over from the prompt
+        self._tools: extensions.ToolStream | None = None
+        self._tool_setup: extensions.ToolSetup | None = None
 
     def _new_stream(self) -> Stream:
         o = self.options
@@ -158,11 +166,15 @@ class LlmContext(ExecutionContext):
     def set_input(self, index: int, tensor: Tensor) -> None:
         if index == METADATA_INDEX:
             self._apply_metadata(tensor.data)
+        elif tensor.type is TensorType.I32:  # the prompt as token ids (kwasi extension)
+            self.stream.set_prompt(extensions.token_ids(tensor.data, self.loaded.tokenizer.vocab_size))
+            self._tool_setup = None
+            self._start_outputs()
         else:
             self._set_prompt(tensor.data)
 
     def _apply_metadata(self, raw: bytes) -> None:
-        self.options.update(raw)
+        applied = self.options.update(raw)
         o = self.options
         loaded = self.graph.named.loaded_for(o)
         if loaded is not self.loaded:  # n-gpu-layers moved the model to another device
@@ -173,19 +185,25 @@ class LlmContext(ExecutionContext):
             self.stream.set_prompt(prompt)
         self.stream.resize(self.loaded.context_length(o.ctx_size))
         self.stream.sampler.params = o.sampling
+        if self.stream.prompt and set(applied) & {"grammar", "json-schema", "tool-choice", "parallel-tool-calls"}:
+            self.stream.sampler.constraint = extensions.constraint_for(self.loaded.tokenizer, o, self._tool_setup)
         self.stream.batch_size = max(1, o.batch_size)
 
     def _set_prompt(self, data: bytes) -> None:
         text = data.decode("utf-8", errors="replace")
         tok = self.loaded.tokenizer
         add_special = True
+        self._tool_setup = None
         if self.options.chat:
-            try:
-                text = render_chat(tok.chat_template, parse_messages(text), tok.bos_token, tok.eos_token)
-            except ChatTemplateError as exc:
-                raise NNError(Errno.INVALID_ARGUMENT, str(exc)) from exc
+            text, self._tool_setup = extensions.chat_prompt(tok, text, self.options)
             add_special = not (tok.bos_token and text.startswith(tok.bos_token))
         self.stream.set_prompt(tok.encode(text, add_special=add_special))
+        self._start_outputs()
+
+    def _start_outputs(self) -> None:
+        # The grammar (grammar, json-schema or a forced tool call) follows this prompt's generation.
+        self.stream.sampler.constraint = extensions.constraint_for(self.loaded.tokenizer, self.options,
+                                                                   self._tool_setup)
         self._clear_outputs()
 
     def _clear_outputs(self) -> None:
@@ -194,6 +212,9 @@ class LlmContext(ExecutionContext):
         self.embedding_json = None
         self._utf8 = Utf8Assembler()
         self._restart = False
+        tools = self._tool_setup
+        self._tools = extensions.ToolStream(tools, self.options.parallel_tool_calls) if tools else None
+        self.stream.sampler.last_logprobs = None
 
     # -- whole generation -----------------------------------------------------------------------------
     def compute(self) -> None:
@@ -233,17 +254,30 @@ class LlmContext(ExecutionContext):
             self._clear_outputs()
         token = self.stream.step()
         if token in self.loaded.tokenizer.eog_ids and not self.options.ignore_eos:
-            # Counted in output_tokens, but its text (e.g. "<|im_end|>") is not part of the answer.
-            self.last_piece = b""
+            # Counted in output_tokens, but its text (e.g. "<|im_end|>") is not part of the answer; content a
+            # tool-call parser still held back is (read it with get_output_single after END_OF_SEQUENCE).
+            self.last_piece = self._tools.finish() if self._tools is not None else b""
             self._restart = True
             self.stream.release()  # the next call starts over from the prompt anyway
             raise NNError(Errno.END_OF_SEQUENCE, "end of generation")
         piece = self.loaded.tokenizer.piece(token)
         self.output += piece
-        self.last_piece = self._utf8.feed(piece).encode() if self.options.complete_utf8 else piece
+        if self._tools is not None:
+            self.last_piece = self._tools.feed(piece)
+        else:
+            self.last_piece = self._utf8.feed(piece).encode() if self.options.complete_utf8 else piece
 
     def get_output_single(self, index: int) -> bytes:
-        return self._metadata() if index == METADATA_INDEX else self.last_piece
+        if index == METADATA_INDEX:
+            return self._metadata()
+        lp, tok = self.stream.sampler.last_logprobs, self.loaded.tokenizer
+        if index == extensions.TOOL_DELTAS:
+            return self._tools.deltas_json() if self._tools is not None else b""
+        if index == extensions.CHAT_LOGPROBS:
+            return extensions.chat_logprobs(tok, lp)
+        if index == extensions.COMPLETION_LOGPROBS:
+            return extensions.completion_logprobs(tok, lp)
+        return self.last_piece
 
     def fini_single(self) -> None:
         self.stream.reset()
@@ -253,6 +287,10 @@ class LlmContext(ExecutionContext):
     def get_output(self, index: int) -> bytes:
         if index == METADATA_INDEX:
             return self._metadata()
+        if index == extensions.TOOL_CALLS:
+            return self._tools.calls_json() if self._tools is not None else b"[]"
+        if index in (extensions.PROMPT_IDS, extensions.PROMPT_TEXT):
+            return extensions.prompt_outputs(self.loaded.tokenizer, self.stream.prompt)[index]
         if self.embedding_json is not None:
             return self.embedding_json
         return bytes(self.output)

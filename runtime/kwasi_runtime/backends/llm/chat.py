@@ -57,11 +57,14 @@ def parse_messages(raw: str) -> list[dict[str, Any]]:
 
 
 def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], bos_token: str = "",
-                eos_token: str = "", add_generation_prompt: bool = True) -> str:
+                eos_token: str = "", add_generation_prompt: bool = True,
+                tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """`tools` (OpenAI tool objects) reach the template as its `tools` variable, as transformers passes them."""
+    extra = {"tools": list(tools)} if tools else {}
     try:
         return _compile(template or CHATML_TEMPLATE).render(
             messages=list(messages), add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token, eos_token=eos_token,
+            bos_token=bos_token, eos_token=eos_token, **extra,
         )
     except ChatTemplateError:
         raise

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CTX_SIZE = 4096
 DEFAULT_BATCH_SIZE = 512
+MAX_N_PROBS = 20  # OpenAI's top_logprobs limit
 
 
 @dataclass
@@ -37,9 +38,17 @@ class Options:
     # kwasi extensions (not WasmEdge keys):
     chat: bool = False  # the prompt is a JSON list of {role, content}, rendered with the model's chat template
     complete_utf8: bool = False  # get_output_single returns only whole UTF-8 characters
+    # Constrained output (WasmEdge keys): llama.cpp GBNF, or a JSON schema as a string; `grammar` wins.
+    grammar: str = ""
+    json_schema: str = ""
+    # OpenAI tools (kwasi): rendered into the chat template, parsed back from the output (tool_calls.py).
+    tools: list[Any] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"  # auto | none | required | {"type": "function", "function": {name}}
+    parallel_tool_calls: bool = True
 
     def copy(self) -> Options:
-        return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling))
+        sampling = dataclasses.replace(self.sampling, logit_bias=dict(self.sampling.logit_bias))
+        return dataclasses.replace(self, sampling=sampling, tools=list(self.tools))
 
     def update(self, raw: bytes | str) -> list[str]:
         """Applies metadata JSON in place; returns the names of the keys that changed something."""
@@ -65,6 +74,7 @@ class Options:
         s = self.sampling
         s.temp, s.top_p, s.repeat_penalty = max(s.temp, 0.0), max(s.top_p, 0.0), max(s.repeat_penalty, 0.0)
         s.presence_penalty, s.frequency_penalty = max(s.presence_penalty, 0.0), max(s.frequency_penalty, 0.0)
+        s.n_probs = min(max(s.n_probs, 0), MAX_N_PROBS)
         return applied
 
 
@@ -75,21 +85,38 @@ def parse_options(raw: bytes | None, base: Options | None = None) -> Options:
     return options
 
 
-def _checked(key: str, kind: type, value: Any) -> Any:
+def _checked(key: str, kind: type | tuple[type, ...], value: Any) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     # JSON booleans are Python ints; WasmEdge's typed getters reject them for numbers and vice versa.
-    ok = (
-        isinstance(value, bool) if kind is bool
-        else isinstance(value, int) and not isinstance(value, bool) if kind is int
-        else isinstance(value, int | float) and not isinstance(value, bool) if kind is float
-        else isinstance(value, str)
+    ok = any(
+        isinstance(value, bool) if k is bool
+        else isinstance(value, int) and not isinstance(value, bool) if k is int
+        else isinstance(value, int | float) and not isinstance(value, bool) if k is float
+        else isinstance(value, k)
+        for k in kinds
     )
     if not ok:
-        raise NNError(Errno.INVALID_ARGUMENT, f"metadata key {key!r} must be a JSON {kind.__name__}")
-    return float(value) if kind is float else value
+        names = " or ".join(k.__name__ for k in kinds)
+        raise NNError(Errno.INVALID_ARGUMENT, f"metadata key {key!r} must be a JSON {names}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < 1 << 64:
+        raise NNError(Errno.INVALID_ARGUMENT, f"metadata key {key!r} is out of the 64-bit range")
+    if key == "logit-bias":
+        return _logit_bias(value)
+    return float(value) if kinds == (float,) else value
 
 
-# key -> (JSON type, "sampling" | "options", attribute)
-_KEYS: dict[str, tuple[type, str, str]] = {
+def _logit_bias(value: dict[str, Any]) -> dict[int, float]:
+    """{"token id": bias}, as OpenAI's logit_bias (ids as strings, since JSON keys are strings)."""
+    bias: dict[int, float] = {}
+    for token, amount in value.items():
+        if not token.isdigit() or isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise NNError(Errno.INVALID_ARGUMENT, "metadata key 'logit-bias' maps token ids to numbers")
+        bias[int(token)] = float(amount)
+    return bias
+
+
+# key -> (JSON type(s), "sampling" | "options", attribute)
+_KEYS: dict[str, tuple[type | tuple[type, ...], str, str]] = {
     "n-predict": (int, "options", "n_predict"),
     "ctx-size": (int, "options", "ctx_size"),
     "batch-size": (int, "options", "batch_size"),
@@ -110,4 +137,13 @@ _KEYS: dict[str, tuple[type, str, str]] = {
     "presence-penalty": (float, "sampling", "presence_penalty"),
     "frequency-penalty": (float, "sampling", "frequency_penalty"),
     "seed": (int, "sampling", "seed"),
+    "n-probs": (int, "sampling", "n_probs"),
+    "grammar": (str, "options", "grammar"),
+    "json-schema": (str, "options", "json_schema"),
+    # kwasi extensions for the OpenAI surface
+    "logprobs": (bool, "sampling", "logprobs"),
+    "logit-bias": (dict, "sampling", "logit_bias"),
+    "tools": (list, "options", "tools"),
+    "tool-choice": ((str, dict), "options", "tool_choice"),
+    "parallel-tool-calls": (bool, "options", "parallel_tool_calls"),
 }

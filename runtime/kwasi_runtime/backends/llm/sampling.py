@@ -10,11 +10,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: pick a fresh random seed
+
+
+class TokenConstraint(Protocol):
+    """What the sampler needs of a grammar (constraint.Constraint): a mask before, the choice after."""
+
+    def mask(self, scores: torch.Tensor) -> None: ...
+
+    def accept(self, token: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The sampled token's log-probability and the `n-probs` most likely tokens, from the scores it was drawn from
+    (after logit bias, penalties and the grammar mask; before top-k/top-p/min-p truncation and temperature)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
 
 
 @dataclass
@@ -29,6 +50,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int = RANDOM_SEED
+    logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits first (OpenAI's logit_bias)
+    n_probs: int = 0  # WasmEdge's n-probs: how many top alternatives to report with each token
+    logprobs: bool = False  # report the sampled token's log-probability (with n_probs alternatives)
 
     @property
     def greedy(self) -> bool:
@@ -47,6 +71,8 @@ class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.generator = torch.Generator()
+        self.constraint: TokenConstraint | None = None
+        self.last_logprobs: TokenLogprobs | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -54,19 +80,30 @@ class Sampler:
         if seed < 0 or seed == RANDOM_SEED:
             self.generator.seed()
         else:
-            self.generator.manual_seed(seed)
+            # torch takes 64 bits; a larger seed (a guest's metadata) wraps instead of overflowing.
+            self.generator.manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+        if self.constraint is not None:
+            self.constraint.reset()
+        self.last_logprobs = None
 
     def sample(self, logits: torch.Tensor, history: Sequence[int]) -> int:
         """One token from `[vocab]` logits; `history` = prompt + generated ids (for penalties)."""
         p = self.params
-        if p.greedy and not p.penalised:
+        if p.greedy and not p.penalised and not (p.logit_bias or p.logprobs or self.constraint):
             return int(logits.argmax())  # stays on the device: one scalar sync
         scores = logits.detach().to("cpu", torch.float32).clone()
+        if p.logit_bias:
+            apply_logit_bias(scores, p.logit_bias)
         if p.penalised:
             apply_penalties(scores, history, p)
-        if p.greedy:
-            return int(scores.argmax())
-        return self._draw(scores)
+        if self.constraint is not None:
+            self.constraint.mask(scores)
+        token = int(scores.argmax()) if p.greedy else self._draw(scores)
+        if p.logprobs:
+            self.last_logprobs = logprobs_of(scores, token, p.n_probs)
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        return token
 
     def _draw(self, scores: torch.Tensor) -> int:
         p = self.params
@@ -102,3 +139,18 @@ def apply_penalties(scores: torch.Tensor, history: Sequence[int], p: SamplingPar
         selected = torch.where(selected > 0, selected / p.repeat_penalty, selected * p.repeat_penalty)
     selected = selected - freq * p.frequency_penalty - p.presence_penalty
     scores[ids] = selected
+
+
+def apply_logit_bias(scores: torch.Tensor, bias: dict[int, float]) -> None:
+    ids = [t for t in bias if 0 <= t < scores.numel()]
+    if ids:
+        scores[torch.tensor(ids)] += torch.tensor([bias[t] for t in ids], dtype=scores.dtype)
+
+
+def logprobs_of(scores: torch.Tensor, token: int, n: int) -> TokenLogprobs:
+    logprobs = torch.log_softmax(scores, dim=-1)
+    top: tuple[tuple[int, float], ...] = ()
+    if n > 0:
+        values, ids = torch.topk(logprobs, min(n, logprobs.numel()))
+        top = tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True) if torch.isfinite(v))
+    return TokenLogprobs(token, float(logprobs[token]), top)
