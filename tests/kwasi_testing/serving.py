@@ -40,6 +40,9 @@ class ScriptedTokens(NamedModel):
     def graph(self, config: bytes | None) -> Graph:
         return ContextModel(lambda: ScriptedContext(self))
 
+    def context_length(self) -> int | None:
+        return self.ctx_tokens
+
 
 class ScriptedContext(ExecutionContext):
     def __init__(self, model: ScriptedTokens) -> None:

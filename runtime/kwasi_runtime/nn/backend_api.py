@@ -89,6 +89,10 @@ class NamedModel(abc.ABC):
         """What the KV cache holds now, or None for a backend without one."""
         return None
 
+    def context_length(self) -> int | None:
+        """Tokens one generation may hold (prompt + output) by default, or None when unknown."""
+        return None
+
 
 class ModelWrapper(NamedModel):
     """A named model that changes how graphs are made and forwards every declared capability to `inner`."""
@@ -107,6 +111,9 @@ class ModelWrapper(NamedModel):
 
     def kv_cache_usage(self) -> KvCacheUsage | None:
         return self.inner.kv_cache_usage()
+
+    def context_length(self) -> int | None:
+        return self.inner.context_length()
 
 
 class ContextModel(NamedModel, Graph):

@@ -32,6 +32,11 @@ class ConfiguredModel(ModelWrapper):
             merged.update(guest)
         return self.inner.graph(json.dumps(merged).encode())
 
+    def context_length(self) -> int | None:
+        size = self.defaults.get("ctx-size")
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 \
+            else self.inner.context_length()
+
 
 class NamedModels:
     """The name → model table every guest's `load_by_name` looks into."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="request body limit, 413 beyond (default %(default)s)")
     p.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /healthz, /readyz and /metrics "
+                        "(default: $KWASI_API_KEY; none without it)")
+    p.add_argument("--vllm-metrics", action="store_true",
+                   help="also export vLLM's metric names and model_name label on /metrics")
     # A server must bound every request: no deadline is not an option here.
     p.set_defaults(timeout=DEFAULT_TIMEOUT_S)
 
@@ -57,6 +63,7 @@ def serve_main(args: argparse.Namespace) -> int:
             fuel=args.fuel, env=tuple(env_pair(v) for v in args.env),
             dirs=tuple(parse_dir(v) for v in args.dir),
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+            api_key=args.api_key or os.environ.get("KWASI_API_KEY") or None, vllm_metrics=args.vllm_metrics,
         )
         host = build_host(args)
     except ValueError as e:

@@ -27,3 +27,5 @@ class ServeConfig:
     # After a failed start-up, how long /metrics stays up (not ready) before the process exits: two scrapes
     # at kube-prometheus-stack's default 30 s interval, so kwasi_model_load_failures_total is seen.
     failure_linger_s: float = 60.0
+    api_key: str | None = None  # every route but /healthz, /readyz and /metrics needs `Authorization: Bearer`
+    vllm_metrics: bool = False  # also export vLLM's metric names and labels (serve/vllm_metrics.py)

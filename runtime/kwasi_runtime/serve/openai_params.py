@@ -60,7 +60,7 @@ def typed(doc: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 
 
 def integer(doc: dict[str, Any], key: str, low: int, high: int) -> int | None:
-    value = typed(doc, key, int, None)
+    value: int | None = typed(doc, key, int, None)
     if value is not None and not low <= value <= high:
         raise bad(key, f"'{key}' must be between {low} and {high}.")
     return value

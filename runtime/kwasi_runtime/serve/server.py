@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import importlib.metadata
 import logging
 import os
+import re
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kwasi_runtime.nn.host import NNHost
 from kwasi_runtime.sandbox import Sandbox
@@ -32,6 +37,7 @@ from kwasi_runtime.serve.metering import Meter, RequestRecord, meter_models
 from kwasi_runtime.serve.metrics import Metrics
 from kwasi_runtime.serve.responses import Flavour, error_response
 from kwasi_runtime.serve.runner import Guest, GuestRunner
+from kwasi_runtime.serve.vllm_metrics import vllm_registry
 from kwasi_runtime.serve.wagi import RequestInfo, request_env
 from kwasi_runtime.wasm.engine import EngineSettings
 
@@ -39,7 +45,35 @@ log = logging.getLogger(__name__)
 
 
 RESERVED = ("/healthz", "/readyz", "/metrics")
+OPEN = frozenset(RESERVED)  # answered without the API key (probes and scrapers)
 OPENAI_PREFIX = "/v1/"
+# vLLM's utility routes, served by the chat guest like the /v1 ones (a --module guest no longer sees them).
+UTILITY = ("/tokenize", "/detokenize", "/version")
+PLANS: dict[str, openai.Planner] = {
+    "/v1/chat/completions": openai.chat_plan, "/v1/completions": openai.completion_plan,
+    "/v1/embeddings": openai.embedding_plan, "/tokenize": openai.tokenize_plan,
+    "/detokenize": openai.detokenize_plan,
+}
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+VERSION = importlib.metadata.version("kwasi-runtime")
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+
+class _QuietBadRequests(logging.Filter):
+    """A malformed request (a 64 KB header, a bad request line) is the client's error: aiohttp answers 400;
+    it is logged at DEBUG without a traceback instead of as a server ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("bad request: %s", exc)
+            return False
+        return True
+
+
+http_log = logging.getLogger("kwasi_runtime.serve.http")
+http_log.addFilter(_QuietBadRequests())
 
 def default_chat_module() -> Path | None:
     """$KWASI_CHAT_GUEST, a copy shipped inside the package, or the repository's build output."""
@@ -81,6 +115,7 @@ class Server:
         for guest in (self.chat_guest, self.app_guest):
             if guest is not None:
                 self.metrics.declare("", guest.name)
+        self.vllm = vllm_registry(self.metrics, self.model_names) if config.vllm_metrics else None
 
     # --- start-up ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -110,14 +145,18 @@ class Server:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_response_prepare.append(self._stamp)
         return app
+
+    async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Request-Id"] = request.get(REQUEST_ID_KEY, "")
 
     async def start(self) -> int:
         """Listens (ready or not: /healthz must answer while models load); returns the bound port."""
         self._loop = asyncio.get_running_loop()
         # handler_cancellation: a client that disconnects cancels its handler, which cancels its guest.
         self._runner = web.AppRunner(self.make_app(), handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=1.0)
+                                     shutdown_timeout=1.0, logger=http_log)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -149,7 +188,39 @@ class Server:
 
     # --- routing -------------------------------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("X-Request-Id", "")
+        request[REQUEST_ID_KEY] = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        started = time.monotonic()
+        try:
+            response = await self._route(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:  # a bug must still answer in the route's own shape, and be logged with the request id
+            log.exception("request %s: %s %s failed in the server", request[REQUEST_ID_KEY], request.method,
+                          request.path)
+            flavour: Flavour = "openai" if self._is_openai(request.path) else "wagi"
+            response = error_response(flavour, 500, "internal server error")
+        log.info("request %s: %s %s -> %d in %.3f s", request[REQUEST_ID_KEY], request.method, request.path,
+                 response.status, time.monotonic() - started)
+        return response
+
+    @staticmethod
+    def _is_openai(path: str) -> bool:
+        return path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/") or path in UTILITY
+
+    def _authorized(self, request: web.Request) -> bool:
+        key = self.config.api_key
+        if not key or request.path in OPEN:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {key}".encode())
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if not self._authorized(request):
+            flavour: Flavour = "openai" if self._is_openai(path) else "wagi"
+            return error_response(flavour, 401, "Incorrect API key provided. Pass it as 'Authorization: Bearer "
+                                  "<key>'.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         if path == "/healthz":
             return web.Response(text="ok\n")
         if path == "/readyz":
@@ -158,8 +229,9 @@ class Server:
             return web.Response(text="ready\n") if self.ready else web.Response(
                 status=503, text=f"not ready: {self.not_ready_reason}\n")
         if path == "/metrics":
-            return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-        if path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/"):
+            body = self.metrics.exposition() + (generate_latest(self.vllm) if self.vllm is not None else b"")
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        if self._is_openai(path):
             return await self._tracked(self._openai, request)
         if self.app_guest is None:
             return web.Response(status=404, text="no --module is configured for this path\n")
@@ -179,10 +251,20 @@ class Server:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         arrival = time.monotonic()
         route = request.path.rstrip("/")
-        if route == "/v1/models" and request.method == "GET":
-            return web.json_response(openai.models_list(self.model_names, int(time.time())))
-        plans = {"/v1/chat/completions": openai.chat_plan, "/v1/completions": openai.completion_plan}
-        make_plan = plans.get(route)
+        if route in ("/v1/models", "/version") or route.startswith("/v1/models/"):
+            if request.method != "GET":
+                return error_response("openai", 405, f"{route} accepts GET only.")
+            if route == "/version":
+                return web.json_response({"version": VERSION})
+            created = int(time.time())
+            if route == "/v1/models":
+                return web.json_response(openai.models_list(self.model_names, created))
+            name = route.removeprefix("/v1/models/")
+            if name not in self.model_names:
+                return error_response("openai", 404, f"The model `{name}` does not exist.", param="model",
+                                      code="model_not_found")
+            return web.json_response(openai.model_card(name, created))
+        make_plan = PLANS.get(route)
         if make_plan is None:
             return error_response("openai", 404, f"Unknown route {request.method} {request.path}.")
         if request.method != "POST":
@@ -196,7 +278,7 @@ class Server:
         if isinstance(body, web.StreamResponse):
             return body
         try:
-            plan = make_plan(body, self.model_names)
+            plan = make_plan(body, self.model_names, self._context_length)
         except openai.OpenAIError as e:
             return self._refuse(record, error_response("openai", e.status, e.message, param=e.param, code=e.code))
         record.model = plan.model
@@ -213,6 +295,10 @@ class Server:
         if isinstance(body, web.StreamResponse):
             return body
         return await self.runner.run(request, guest, record, self._base_env(request, len(body)), body, "wagi")
+
+    def _context_length(self, name: str) -> int | None:
+        model = self.host.models.get(name)
+        return model.context_length() if model is not None else None
 
     def _base_env(self, request: web.Request, body_len: int) -> list[tuple[str, str]]:
         peer = request.transport.get_extra_info("peername") if request.transport else None
