@@ -238,7 +238,7 @@ def chain(start: int, script: bytes, end: int = IM_END_ID) -> dict[int, int]:
     return dict(itertools.pairwise(order))
 
 
-def random_llama_gguf(path: Path, seed: int = 0) -> None:
+def random_llama_gguf(path: Path, seed: int = 0, context_length: int = 256) -> None:
     """A small random-weight llama GGUF (for sampling tests, where logits should be spread out)."""
     rng = np.random.default_rng(seed)
     dim, ffn, heads, kv, layers = 64, 128, 4, 2, 2
@@ -257,6 +257,6 @@ def random_llama_gguf(path: Path, seed: int = 0) -> None:
             f"blk.{i}.ffn_gate.weight": r(ffn, dim), f"blk.{i}.ffn_up.weight": r(ffn, dim),
             f"blk.{i}.ffn_down.weight": r(dim, ffn),
         }
-    hp = {"context_length": 256, "dim": dim, "n_layers": layers, "ffn_dim": ffn, "n_heads": heads,
+    hp = {"context_length": context_length, "dim": dim, "n_layers": layers, "ffn_dim": ffn, "n_heads": heads,
           "n_kv_heads": kv, "eps": 1e-5, "rope_theta": 10000.0}
     write_gguf(path, "llama", hp, tensors)
