@@ -158,8 +158,9 @@ def test_forced_tool_call_is_valid_and_streams(named: LlmNamedModel, choice: obj
 def test_tools_and_history_reach_a_template_without_tool_support(named: LlmNamedModel) -> None:
     messages = [
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"unit": "celsius"}'}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"unit": "celsius"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"},
     ]
     ctx = context(named, {"chat": True, "tools": [WEATHER]}, json.dumps(messages).encode())
