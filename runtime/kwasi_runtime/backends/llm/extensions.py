@@ -34,6 +34,7 @@ from kwasi_runtime.backends.llm.tool_calls import (
     ToolCallParser,
     ToolSetup,
     forced_grammar,
+    native_tools,
     prepare_messages,
     setup,
 )
@@ -50,7 +51,8 @@ def chat_prompt(tok: TextTokenizer, raw: str, options: Options) -> tuple[str, To
     try:
         messages = parse_messages(raw)
         tools = setup(tok.chat_template, options.tools) if options.tools and options.tool_choice != "none" else None
-        text = render_chat(tok.chat_template, prepare_messages(messages, tools), tok.bos_token, tok.eos_token,
+        native = native_tools(tok.chat_template)
+        text = render_chat(tok.chat_template, prepare_messages(messages, tools, native), tok.bos_token, tok.eos_token,
                            tools=tools.tools if tools is not None and tools.native else None)
     except ChatTemplateError as exc:
         raise NNError(Errno.INVALID_ARGUMENT, str(exc)) from exc

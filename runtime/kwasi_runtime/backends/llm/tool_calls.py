@@ -60,20 +60,26 @@ def functions(tools: Sequence[Any]) -> list[dict[str, Any]]:
 def setup(template: str | None, tools: Sequence[Any]) -> ToolSetup:
     fns = functions(tools)
     source = template or ""
-    native = "tools" in source
+    native = native_tools(template)
     fmt: Format = "llama3" if native and "<tool_call>" not in source and (
         "<|python_tag|>" in source or '"parameters"' in source) else "hermes"
     return ToolSetup(fmt, [{"type": "function", "function": fn} for fn in fns], native)
 
 
-def prepare_messages(messages: Sequence[Mapping[str, Any]], tools: ToolSetup | None) -> list[dict[str, Any]]:
+def native_tools(template: str | None) -> bool:
+    """Whether the template renders tools, tool calls and tool results itself."""
+    return "tools" in (template or "")
+
+
+def prepare_messages(messages: Sequence[Mapping[str, Any]], tools: ToolSetup | None,
+                     native: bool) -> list[dict[str, Any]]:
     """Messages a template can render: content never null; for a template without tool support, tool calls
-    and the tool list as text (the hermes format)."""
+    and tool results as text, and the tool list (if any) in a system message (the hermes format)."""
     out = [dict(m) for m in messages]
     for m in out:
         if m.get("content") is None:
             m["content"] = ""
-    if tools is None or tools.native:
+    if native:
         for m in out:  # templates read arguments as objects (transformers' convention), OpenAI sends strings
             for call in m.get("tool_calls") or ():
                 fn = call.get("function") if isinstance(call, dict) else None
@@ -90,6 +96,8 @@ def prepare_messages(messages: Sequence[Mapping[str, Any]], tools: ToolSetup | N
             m["content"] = "\n".join([m["content"], *texts] if m["content"] else texts)
         if m.get("role") == "tool":
             m["content"] = f"<tool_response>\n{m['content']}\n</tool_response>"
+    if tools is None:
+        return out
     described = FALLBACK_PROMPT.format(tools="\n".join(json.dumps(t["function"], ensure_ascii=False)
                                                         for t in tools.tools))
     if out and out[0].get("role") == "system":
