@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from kwasi_runtime.backends.llm import LlmBackend
 from kwasi_runtime.nn.abi import ExecutionTarget
@@ -34,5 +36,36 @@ def test_smollm2_answers_through_the_server() -> None:
         labels = {"model": "default", "module": "openai_chat"}
         assert s.sample("kwasi_generation_tokens_total", **labels) == usage.completion_tokens * 2
         assert s.sample("kwasi_time_to_first_token_seconds_count", **labels) == 2
+    finally:
+        s.stop()
+
+
+WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def test_smollm2_makes_a_schema_valid_tool_call_and_json() -> None:
+    """A 135M model without tool support in its template: the tools go into a system message, the grammar
+    guarantees a call whose arguments match the schema, and json_object mode gives a JSON object."""
+    s = ServerThread(LlmBackend().preload([smollm2_gguf()], ExecutionTarget.CPU), wagi=False, timeout_s=240.0)
+    try:
+        with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=240) as client:
+            ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What's the weather in Paris?"}]
+            reply = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER],
+                                                   tool_choice="required", temperature=0, max_tokens=60,
+                                                   parallel_tool_calls=False)
+            assert reply.choices[0].finish_reason == "tool_calls"
+            calls = reply.choices[0].message.tool_calls
+            assert calls and calls[0].function.name == "get_weather"
+            args = json.loads(calls[0].function.arguments)
+            assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+            assert isinstance(args["city"], str) and 0 < len(args["city"]) <= 40
+            doc = client.chat.completions.create(
+                model="default", temperature=0, max_tokens=60, response_format={"type": "json_object"},
+                messages=[{"role": "user", "content": "Describe Paris as JSON with a name and a country."}])
+            assert isinstance(json.loads(doc.choices[0].message.content or ""), dict)
     finally:
         s.stop()
