@@ -59,8 +59,9 @@ def test_smollm2_makes_a_schema_valid_tool_call_and_json() -> None:
                                                    parallel_tool_calls=False)
             assert reply.choices[0].finish_reason == "tool_calls"
             calls = reply.choices[0].message.tool_calls
-            assert calls and calls[0].function.name == "get_weather"
-            args = json.loads(calls[0].function.arguments)
+            call = calls[0] if calls else None
+            assert call is not None and call.type == "function" and call.function.name == "get_weather"
+            args = json.loads(call.function.arguments)
             assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
             assert isinstance(args["city"], str) and 0 < len(args["city"]) <= 40
             doc = client.chat.completions.create(
