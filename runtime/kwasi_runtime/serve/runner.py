@@ -183,7 +183,9 @@ class GuestRunner:
         self.admission.release()
         self.metrics.requests_running.labels(**job.labels).dec()
         if result.trap is not None and not result.cancelled:
-            self.meter.guest_trapped(job.record, result.trap_code.name.lower() if result.trap_code else "error")
+            # A deadline is an interrupt whether an epoch check or a host call (nn.interrupt) noticed it.
+            reason = "interrupt" if result.timed_out else result.trap_code.name.lower() if result.trap_code else "error"
+            self.meter.guest_trapped(job.record, reason)
         if job.stderr.data:
             log.debug("guest %s stderr: %s", job.record.module, job.stderr.data.decode("utf-8", "replace"))
         self._part_done(job)

@@ -18,12 +18,18 @@ from kwasi_runtime.backends.llm import LlmBackend
 from kwasi_runtime.backends.llm import scheduler as scheduler_module
 from kwasi_runtime.backends.llm.scheduler import SlotScheduler
 from kwasi_runtime.nn.abi import ExecutionTarget
+from kwasi_runtime.nn.backend_api import NamedModel
 from kwasi_runtime.nn.models import ConfiguredModel
 from kwasi_testing.gguf_models import random_llama_gguf
 from kwasi_testing.serving import ScriptedContext, ScriptedTokens, ServerThread, request
 
 CHUNK_DELAY_S = 0.02
 LABELS = {"model": "default", "module": "openai_chat"}
+
+
+def held_slots(model: NamedModel) -> int:
+    usage = model.kv_cache_usage()
+    return usage.streams if usage is not None else 0
 
 
 def chat(content: str, **extra: object) -> bytes:
@@ -90,18 +96,18 @@ def test_clients_leaving_during_prefill_free_their_slots_at_once(slow_llm: Serve
     time.sleep(0.1)  # one prompt prefills, three wait their turn: 4 x 0.5 s of prefill in all
     model = slow_llm.server.host.models.get("default")
     assert model is not None
-    assert (model.kv_cache_usage() or 0) > 0
+    assert held_slots(model) > 0
     left = time.monotonic()
     for conn in conns:
         assert conn.sock is not None
         conn.sock.shutdown(socket.SHUT_RDWR)
         conn.close()
-    while (slow_llm.server.runner.admission.running or (model.kv_cache_usage() or 0) > 0) \
+    while (slow_llm.server.runner.admission.running or held_slots(model) > 0) \
             and time.monotonic() - left < 5:
         time.sleep(0.005)
     freed_after = time.monotonic() - left
     assert slow_llm.server.runner.admission.running == 0
-    assert model.kv_cache_usage() == 0
+    assert held_slots(model) == 0
     assert freed_after < 0.5, f"slots were held {freed_after:.2f} s after the clients left"
     slow_llm.wait_idle()
     assert slow_llm.sample("kwasi_requests_total", **LABELS, status="499", finish_reason="abort") == 4

@@ -97,7 +97,7 @@ def test_a_waiting_stream_stops_when_its_guest_is_cancelled(tiny_path: Path, slo
     assert outcome and isinstance(outcome[0], interrupt.GuestCancelled)
     assert time.monotonic() - started < 0.5, "the cancel waited for the other stream's prefill"
     blocked.release()
-    assert loaded.kv_usage()[0] == 1  # only the long stream holds a slot now
+    assert loaded.kv_usage().streams == 1  # only the long stream holds a slot now
     first.join(10)
     long_stream.release()
 
