@@ -260,3 +260,10 @@ def random_llama_gguf(path: Path, seed: int = 0, context_length: int = 256) -> N
     hp = {"context_length": context_length, "dim": dim, "n_layers": layers, "ffn_dim": ffn, "n_heads": heads,
           "n_kv_heads": kv, "eps": 1e-5, "rope_theta": 10000.0}
     write_gguf(path, "llama", hp, tensors)
+
+
+def random_llama_file(factory: Any, seed: int, context_length: int = 256) -> Path:
+    """`random_llama_gguf` in a fresh temporary folder of a pytest `tmp_path_factory`."""
+    path: Path = factory.mktemp("tiny") / "random.gguf"
+    random_llama_gguf(path, seed=seed, context_length=context_length)
+    return path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -61,3 +63,18 @@ def host_with(**models: object) -> NNHost:
     for name, model in models.items():
         named.register(name, model)  # type: ignore[arg-type]
     return NNHost(named)
+
+
+def slow_prefill(monkeypatch: pytest.MonkeyPatch, chunk_delay_s: float, idle_exit_s: float = 0.02) -> None:
+    """Every prefill chunk of the LLM scheduler takes `chunk_delay_s` longer (a long prompt on a slow CPU), and its
+    batch thread gives up after `idle_exit_s` without work (the real one after 2 s, less than a long prefill)."""
+    from kwasi_runtime.backends.llm import scheduler
+
+    original = scheduler.SlotScheduler._prefill_chunk
+
+    def slow(self: scheduler.SlotScheduler, req: Any) -> int:
+        time.sleep(chunk_delay_s)
+        return original(self, req)
+
+    monkeypatch.setattr(scheduler.SlotScheduler, "_prefill_chunk", slow)
+    monkeypatch.setattr(scheduler, "IDLE_EXIT_S", idle_exit_s)

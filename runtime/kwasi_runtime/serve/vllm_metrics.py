@@ -48,18 +48,13 @@ class VllmCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = {f.name: f for f in self.metrics.registry.collect()}
-        for name, source in GAUGES.items():
-            values = self._sum(families.get(source), "")
-            g = GaugeMetricFamily(name, f"kwasi's {source}, summed per model.", labels=["model_name"])
-            for model in self._models(values):
-                g.add_metric([model], values.get((model,), 0.0))
-            yield g
-        for name, source in COUNTERS.items():
-            values = self._sum(families.get(source), "_total")
-            c = CounterMetricFamily(name, f"kwasi's {source}, summed per model.", labels=["model_name"])
-            for model in self._models(values):
-                c.add_metric([model], values.get((model,), 0.0))
-            yield c
+        for table, kind, suffix in ((GAUGES, GaugeMetricFamily, ""), (COUNTERS, CounterMetricFamily, "_total")):
+            for name, source in table.items():
+                values = self._sum(families.get(source), suffix)
+                family = kind(name, f"kwasi's {source}, summed per model.", labels=["model_name"])
+                for model in self._models(values):
+                    family.add_metric([model], values.get((model,), 0.0))
+                yield family
         yield self._success(families.get("kwasi_requests"))
         for name, source in HISTOGRAMS.items():
             yield self._histogram(name, source, families.get(source))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from kwasi_runtime.backends.llm import LlmBackend
 from kwasi_runtime.nn.abi import ExecutionTarget
-from kwasi_testing.gguf_models import random_llama_gguf
+from kwasi_testing.gguf_models import random_llama_file
 from kwasi_testing.serving import ServerThread, request
 
 POST_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"]
@@ -80,8 +79,7 @@ requests = st.sampled_from(POST_ROUTES).flatmap(lambda route: st.tuples(st.just(
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    path: Path = tmp_path_factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=2, context_length=512)
+    path = random_llama_file(tmp_path_factory, seed=2, context_length=512)
     s = ServerThread(LlmBackend().preload([path], ExecutionTarget.CPU), timeout_s=30.0, max_concurrency=2)
     yield s
     s.stop()

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from kwasi_runtime.backends.llm import LlmBackend
-from kwasi_runtime.backends.llm import scheduler as scheduler_module
-from kwasi_runtime.backends.llm.scheduler import SlotScheduler
 from kwasi_runtime.nn.abi import ExecutionTarget
 from kwasi_runtime.nn.backend_api import NamedModel
 from kwasi_runtime.nn.models import ConfiguredModel
-from kwasi_testing.gguf_models import random_llama_gguf
+from kwasi_testing.gguf_models import random_llama_file
+from kwasi_testing.models import slow_prefill
 from kwasi_testing.serving import ScriptedContext, ScriptedTokens, ServerThread, request
 
 CHUNK_DELAY_S = 0.02
@@ -39,23 +38,13 @@ def chat(content: str, **extra: object) -> bytes:
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=11)
-    return path
+    return random_llama_file(tmp_path_factory, seed=11)
 
 
 @pytest.fixture
 def slow_llm(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
-    """The tiny LLM with prefill chunks of 8 tokens that take 20 ms each (a long prompt on a slow CPU), and a
-    batch thread that gives up after 20 ms idle (the real one after 2 s, shorter than a long prefill)."""
-    original = SlotScheduler._prefill_chunk
-
-    def slow(self: SlotScheduler, req: object) -> int:
-        time.sleep(CHUNK_DELAY_S)
-        return original(self, req)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(SlotScheduler, "_prefill_chunk", slow)
-    monkeypatch.setattr(scheduler_module, "IDLE_EXIT_S", 0.02)
+    """The tiny LLM with prefill chunks of 8 tokens that take 20 ms each."""
+    slow_prefill(monkeypatch, CHUNK_DELAY_S)
     model = ConfiguredModel(LlmBackend().preload([tiny_path], ExecutionTarget.CPU), {"batch-size": 8})
     s = ServerThread(model, wagi=False, timeout_s=20.0)
     yield s

@@ -8,7 +8,6 @@ import json
 import math
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import openai
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 
 from kwasi_runtime.backends.llm import LlmBackend
 from kwasi_runtime.nn.abi import ExecutionTarget
-from kwasi_testing.gguf_models import random_llama_gguf
+from kwasi_testing.gguf_models import random_llama_file
 from kwasi_testing.serving import ServerThread, request
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -38,8 +37,7 @@ class Verdict(BaseModel):
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    path: Path = tmp_path_factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=21, context_length=2048)
+    path = random_llama_file(tmp_path_factory, seed=21, context_length=2048)
     s = ServerThread(LlmBackend().preload([path], ExecutionTarget.CPU), wagi=False, timeout_s=60.0)
     yield s
     s.stop()

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kwasi_runtime.backends.llm import LoadedModel, SamplingParams
-from kwasi_runtime.backends.llm import scheduler as scheduler_module
 from kwasi_runtime.backends.llm.generation import Stream
-from kwasi_runtime.backends.llm.scheduler import SlotScheduler
 from kwasi_runtime.nn import interrupt
-from kwasi_testing.gguf_models import random_llama_gguf
+from kwasi_testing.gguf_models import random_llama_file
+from kwasi_testing.models import slow_prefill
 
 GREEDY = SamplingParams(temp=0.0)
 CTX = 128
@@ -24,26 +22,15 @@ CHUNK_DELAY_S = 0.01
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=5)
-    return path
+    return random_llama_file(tmp_path_factory, seed=5)
 
 
 @pytest.fixture
-def slow_prefill(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every prefill chunk takes a while (a long prompt on a slow CPU) and the batch thread gives up quickly."""
-    original = SlotScheduler._prefill_chunk
-
-    def slow(self: SlotScheduler, req: object) -> int:
-        time.sleep(CHUNK_DELAY_S)
-        return original(self, req)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(SlotScheduler, "_prefill_chunk", slow)
-    monkeypatch.setattr(scheduler_module, "IDLE_EXIT_S", 0.02)
-    yield
+def slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    slow_prefill(monkeypatch, CHUNK_DELAY_S)
 
 
-def test_a_stream_queued_behind_a_lone_prefill_is_served(tiny_path: Path, slow_prefill: None) -> None:
+def test_a_stream_queued_behind_a_lone_prefill_is_served(tiny_path: Path, slow: None) -> None:
     loaded = LoadedModel.from_path(tiny_path)
     long_stream = Stream(loaded, CTX, GREEDY, batch_size=1)
     long_stream.set_prompt(list(range(1, 41)))  # 40 chunks of 10 ms, far past the batch thread's idle exit
@@ -68,7 +55,8 @@ def test_a_stream_queued_behind_a_lone_prefill_is_served(tiny_path: Path, slow_p
     short_stream.release()
 
 
-def test_a_waiting_stream_stops_when_its_guest_is_cancelled(tiny_path: Path, slow_prefill: None) -> None:
+@pytest.mark.parametrize("stop", ["cancel", "deadline"])
+def test_a_waiting_stream_stops_when_its_guest_is_stopped(tiny_path: Path, slow: None, stop: str) -> None:
     loaded = LoadedModel.from_path(tiny_path)
     long_stream = Stream(loaded, CTX, GREEDY, batch_size=1)
     long_stream.set_prompt(list(range(1, 101)))  # a second of prefill
@@ -76,9 +64,10 @@ def test_a_waiting_stream_stops_when_its_guest_is_cancelled(tiny_path: Path, slo
     blocked.set_prompt(list(range(1, 101)))
     cancel = threading.Event()
     outcome: list[BaseException | int] = []
+    bound = time.monotonic() + 10
 
     def guest() -> None:
-        with interrupt.bound(cancel, None):
+        with interrupt.bound(cancel, None if stop == "cancel" else time.monotonic() + 0.2):
             try:
                 outcome.append(blocked.step())
             except BaseException as e:
@@ -86,45 +75,19 @@ def test_a_waiting_stream_stops_when_its_guest_is_cancelled(tiny_path: Path, slo
 
     first = threading.Thread(target=long_stream.step)
     first.start()
-    while not long_stream.holds_slot:
+    while not long_stream.holds_slot and time.monotonic() < bound:
         time.sleep(0.001)
     second = threading.Thread(target=guest)
     second.start()
     time.sleep(0.1)
     started = time.monotonic()
-    cancel.set()
+    if stop == "cancel":
+        cancel.set()  # else the 0.2 s deadline ends it
     second.join(5)
-    assert outcome and isinstance(outcome[0], interrupt.GuestCancelled)
-    assert time.monotonic() - started < 0.5, "the cancel waited for the other stream's prefill"
+    expected = interrupt.DeadlineExceeded if stop == "deadline" else interrupt.GuestCancelled
+    assert outcome and type(outcome[0]) is expected, outcome
+    assert time.monotonic() - started < 0.5, "the stop waited for the other stream's prefill"
     blocked.release()
     assert loaded.kv_usage().streams == 1  # only the long stream holds a slot now
-    first.join(10)
-    long_stream.release()
-
-
-def test_a_deadline_fires_while_the_stream_waits(tiny_path: Path, slow_prefill: None) -> None:
-    loaded = LoadedModel.from_path(tiny_path)
-    long_stream = Stream(loaded, CTX, GREEDY, batch_size=1)
-    long_stream.set_prompt(list(range(1, 101)))
-    blocked = Stream(loaded, CTX, GREEDY, batch_size=1)
-    blocked.set_prompt(list(range(1, 101)))
-    outcome: list[BaseException | int] = []
-
-    def guest() -> None:
-        with interrupt.bound(None, time.monotonic() + 0.2):
-            try:
-                outcome.append(blocked.step())
-            except BaseException as e:
-                outcome.append(e)
-
-    first = threading.Thread(target=long_stream.step)
-    first.start()
-    while not long_stream.holds_slot:
-        time.sleep(0.001)
-    second = threading.Thread(target=guest)
-    second.start()
-    second.join(5)
-    assert outcome and isinstance(outcome[0], interrupt.DeadlineExceeded)
-    blocked.release()
     first.join(10)
     long_stream.release()

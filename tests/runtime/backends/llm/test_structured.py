@@ -15,7 +15,7 @@ from kwasi_runtime.backends.llm.backend import LlmContext, LlmNamedModel
 from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError, TensorType
 from kwasi_runtime.nn.backend_api import Tensor
 from kwasi_runtime.sandbox import Limits, Sandbox, WasiSetup
-from kwasi_testing.gguf_models import random_llama_gguf
+from kwasi_testing.gguf_models import random_llama_file
 from kwasi_testing.guests import built_guest
 from kwasi_testing.models import host_with
 
@@ -26,9 +26,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=7, context_length=2048)
-    return path
+    return random_llama_file(tmp_path_factory, seed=7, context_length=2048)
 
 
 @pytest.fixture(scope="module")
