@@ -238,7 +238,7 @@ def chain(start: int, script: bytes, end: int = IM_END_ID) -> dict[int, int]:
     return dict(itertools.pairwise(order))
 
 
-def random_llama_gguf(path: Path, seed: int = 0, context_length: int = 256) -> None:
+def random_llama_gguf(path: Path, seed: int = 0, context_length: int = 256, chat_template: str | None = CHATML) -> None:
     """A small random-weight llama GGUF (for sampling tests, where logits should be spread out)."""
     rng = np.random.default_rng(seed)
     dim, ffn, heads, kv, layers = 64, 128, 4, 2, 2
@@ -259,11 +259,11 @@ def random_llama_gguf(path: Path, seed: int = 0, context_length: int = 256) -> N
         }
     hp = {"context_length": context_length, "dim": dim, "n_layers": layers, "ffn_dim": ffn, "n_heads": heads,
           "n_kv_heads": kv, "eps": 1e-5, "rope_theta": 10000.0}
-    write_gguf(path, "llama", hp, tensors)
+    write_gguf(path, "llama", hp, tensors, chat_template=chat_template)
 
 
-def random_llama_file(factory: Any, seed: int, context_length: int = 256) -> Path:
+def random_llama_file(factory: Any, seed: int, context_length: int = 256, chat_template: str | None = CHATML) -> Path:
     """`random_llama_gguf` in a fresh temporary folder of a pytest `tmp_path_factory`."""
     path: Path = factory.mktemp("tiny") / "random.gguf"
-    random_llama_gguf(path, seed=seed, context_length=context_length)
+    random_llama_gguf(path, seed=seed, context_length=context_length, chat_template=chat_template)
     return path

@@ -121,3 +121,23 @@ def _ready(port: int) -> bool:
         return bool(request(f"http://127.0.0.1:{port}", path="/readyz", timeout=2).status == 200)
     except OSError:
         return False
+
+
+def test_api_key_from_the_environment() -> None:
+    """The operator sets KWASI_API_KEY from a Secret; probes and /metrics stay open."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime"), "KWASI_API_KEY": "from-secret"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kwasi_runtime.cli", "serve", "--module", str(built_guest("wagi_echo")),
+         "--host", "127.0.0.1", "--port", str(port), "--no-cache"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _ready(port), timeout=60)
+        url = f"http://127.0.0.1:{port}"
+        assert request(url, path="/metrics").status == 200
+        assert request(url, path="/hello").status == 401
+        assert request(url, path="/v1/models").json()["error"]["code"] == "invalid_api_key"
+        assert request(url, path="/hello", headers={"Authorization": "Bearer from-secret"}).status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

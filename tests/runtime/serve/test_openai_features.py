@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import struct
 from collections.abc import Iterator
@@ -173,7 +174,9 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, llm: ServerThread) -
     assert e.value.body["param"] == "dimensions"  # type: ignore[index]
 
 
-def test_models_version_fingerprint_request_id(client: openai.OpenAI, llm: ServerThread) -> None:
+def test_models_version_fingerprint_request_id(client: openai.OpenAI, llm: ServerThread,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kwasi_runtime.serve.server")
     assert client.models.retrieve("default").id == "default"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
@@ -184,6 +187,7 @@ def test_models_version_fingerprint_request_id(client: openai.OpenAI, llm: Serve
     echoed = request(llm.url, "POST", "/v1/chat/completions", headers={"X-Request-Id": "abc-123"},
                      body=json.dumps({"model": "default", "messages": QUESTION, "max_tokens": 1}).encode())
     assert echoed.headers["x-request-id"] == "abc-123"
+    assert any("request abc-123: POST /v1/chat/completions -> 200" in r.getMessage() for r in caplog.records)
     fresh = request(llm.url, path="/v1/models")
     assert len(fresh.headers["x-request-id"]) == 32
 

@@ -166,3 +166,47 @@ def test_tools_and_history_reach_a_template_without_tool_support(named: LlmNamed
     assert '"name": "get_weather"' in rendered and "<tool_call>" in rendered  # the tools, described
     assert '{"name": "get_weather", "arguments": {"unit": "celsius"}}' in rendered  # the earlier call
     assert "<tool_response>\n21 degrees\n</tool_response>" in rendered
+
+
+# Tool-aware templates of the two call formats, written for these tests (the shapes Qwen2.5 and Llama 3.1 use).
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %} {{ t.function | tojson }}{% endfor %}\n"
+    "Answer with <tool_call> calls.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>"
+    "{% endfor %}{% else %}{{ m.content }}{% endif %}{% if m.role == 'tool' %} [{{ m.tool_call_id }}]{% endif %}"
+    "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+LLAMA3_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nCall a function as {\"name\": name, \"parameters\": arguments}. "
+    "Functions: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}"
+    "{{ {'name': m.tool_calls[0].function.name, 'parameters': m.tool_calls[0].function.arguments} | tojson }}"
+    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.parametrize(("template", "call_key"), [(HERMES_TEMPLATE, "arguments"), (LLAMA3_TEMPLATE, "parameters")])
+def test_a_tool_aware_template_renders_tools_and_history(tmp_path_factory: pytest.TempPathFactory, template: str,
+                                                         call_key: str) -> None:
+    path = random_llama_file(tmp_path_factory, seed=8, context_length=2048, chat_template=template)
+    named = LlmBackend().preload([path], ExecutionTarget.CPU)
+    assert isinstance(named, LlmNamedModel)
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                   "name": "get_weather", "arguments": '{"unit": "celsius", "days": true}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+    ctx = context(named, {"chat": True, "tools": [WEATHER], "tool-choice": "required", "temp": 0.7, "seed": 2,
+                          "parallel-tool-calls": False}, json.dumps(history).encode())
+    rendered = ctx.get_output(4).decode()
+    assert json.dumps(WEATHER["function"]) in rendered or json.dumps([WEATHER]) in rendered  # the template's own
+    assert "You may call functions" not in rendered  # not the fallback description
+    assert f'{{"name": "get_weather", "{call_key}": {{"unit": "celsius", "days": true}}}}' in rendered
+    if template is HERMES_TEMPLATE:
+        assert "[call_1]" in rendered  # tool_call_id reached the template
+    text, _ = generate(ctx)
+    assert text == b""  # the call is not content, in either format (Llama 3.1's answer is the bare JSON call)
+    calls = json.loads(ctx.get_output(2))
+    assert len(calls) == 1 and calls[0]["function"]["name"] == "get_weather"
+    args = json.loads(calls[0]["function"]["arguments"])
+    assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["days"], bool)
