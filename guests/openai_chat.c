@@ -380,6 +380,8 @@ static int embeddings(void) {
     uint32_t rc = nn_compute(ctx);
     if (rc == NN_PROMPT_TOO_LONG)
       return fail(400, "invalid_request_error", "context_length_exceeded", "an input is too long for the model");
+    if (rc == NN_INVALID_ARGUMENT || rc == NN_UNSUPPORTED)
+      return fail(400, "invalid_request_error", NULL, "this model does not make embeddings (or not of this input)");
     if (rc || output(0, 0, &scratch)) return fail(500, "server_error", NULL, "the embedding failed");
     char *open = strchr(scratch.p, '['), *close = strrchr(scratch.p, ']');
     if (!open || !close) return fail(500, "server_error", NULL, "the backend's embedding is not a JSON array");

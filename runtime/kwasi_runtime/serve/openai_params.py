@@ -149,7 +149,7 @@ def common(doc: dict[str, Any]) -> tuple[bool, bool]:
     stream = typed(doc, "stream", bool, False)
     options = typed(doc, "stream_options", dict, None)
     if options is not None:
-        check_fields(options, {"include_usage", "continuous_usage_stats", "include_obfuscation"})
+        check_fields(options, {"include_usage"})
     include_usage = bool(stream and options and typed(options, "include_usage", bool, False))
     if integer(doc, "n", 1, 1 << 31) not in (None, 1):
         raise bad("n", "Only n=1 is supported.")

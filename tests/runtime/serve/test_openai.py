@@ -147,3 +147,8 @@ def test_prompt_too_long_is_400() -> None:
         assert e.value.code == "context_length_exceeded"
     finally:
         s.stop()
+
+
+def test_embeddings_of_a_model_without_an_embedding_mode_are_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="default", input="hello", encoding_format="float")
