@@ -29,6 +29,8 @@ $(GUEST_OUT)/classify_named.wasm: guests/classify.c guests/wasi_nn.h $(VENV)/.in
 	@mkdir -p $(GUEST_OUT)
 	$(ZIGCC) -DNAMED -o $@ guests/classify.c
 
+$(GUEST_OUT)/openai_chat.wasm: guests/openai_json.h
+
 $(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
 	@mkdir -p $(GUEST_OUT)
 	$(ZIGCC) -o $@ $<

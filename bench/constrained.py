@@ -96,9 +96,10 @@ def main() -> None:
     for make in rows.values():  # warm-up: llguidance's vocabulary, torch's kernels
         timed(gen, prompt, 4, make)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
-    for _ in range(args.repeats):  # interleaved, so load changes hit every row alike
-        for name, make in rows.items():
-            samples[name].append(timed(gen, prompt, args.tokens, make))
+    names = list(rows)
+    for r in range(args.repeats):  # interleaved and rotated, so load changes and order hit every row alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(timed(gen, prompt, args.tokens, rows[name]))
     base = statistics.median(t for t, _ in samples["unconstrained"])
     print(f"SmolLM2-135M-Instruct Q4_1, {args.device}, greedy, {args.tokens} decode tokens x {args.repeats} "
           f"(median), torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
