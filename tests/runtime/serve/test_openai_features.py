@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -187,7 +188,11 @@ def test_models_version_fingerprint_request_id(client: openai.OpenAI, llm: Serve
     echoed = request(llm.url, "POST", "/v1/chat/completions", headers={"X-Request-Id": "abc-123"},
                      body=json.dumps({"model": "default", "messages": QUESTION, "max_tokens": 1}).encode())
     assert echoed.headers["x-request-id"] == "abc-123"
-    assert any("request abc-123: POST /v1/chat/completions -> 200" in r.getMessage() for r in caplog.records)
+    line = "request abc-123: POST /v1/chat/completions -> 200"
+    deadline = time.monotonic() + 5  # the log line follows the response's last byte
+    while not any(line in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(line in r.getMessage() for r in caplog.records)
     fresh = request(llm.url, path="/v1/models")
     assert len(fresh.headers["x-request-id"]) == 32
 
