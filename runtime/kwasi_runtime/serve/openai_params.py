@@ -100,7 +100,7 @@ def sampling_metadata(doc: dict[str, Any]) -> dict[str, Any]:
         meta["top-k"] = max(top_k, 0)  # vLLM's -1 and llama.cpp's 0 both mean off
     seed = integer(doc, "seed", *INT64)
     if seed is not None:
-        meta["seed"] = seed
+        meta["seed"] = seed & INT64[1]  # a negative seed is a seed too (the backend reads negatives as "random")
     if typed(doc, "ignore_eos", bool, None) is not None:
         meta["ignore-eos"] = doc["ignore_eos"]
     bias = typed(doc, "logit_bias", dict, None)
@@ -112,7 +112,7 @@ def sampling_metadata(doc: dict[str, Any]) -> dict[str, Any]:
 def _logit_bias(bias: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for token, value in bias.items():
-        if not token.isdigit() or len(token) > 10:
+        if not (token.isascii() and token.isdigit()) or len(token) > 10:
             raise bad("logit_bias", f"'logit_bias' keys must be token ids, got {token[:20]!r}.")
         if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
             raise bad("logit_bias", "'logit_bias' values must be numbers between -100 and 100.")

@@ -201,7 +201,8 @@ def test_models_version_fingerprint_request_id(client: openai.OpenAI, llm: Serve
     ({"foo": 1}, "foo"), ({"n": 2}, "n"), ({"presence_penalty": -1}, "presence_penalty"),
     ({"modalities": ["audio"]}, "modalities"), ({"top_logprobs": 3}, "top_logprobs"),
     ({"tool_choice": "required"}, "tool_choice"), ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"logit_bias": {"a": 1}}, "logit_bias"), ({"store": True}, "store"), ({"seed": 2**70}, "seed"),
+    ({"logit_bias": {"a": 1}}, "logit_bias"),
+    ({"logit_bias": {"²": 1}}, "logit_bias"), ({"store": True}, "store"), ({"seed": 2**70}, "seed"),
     ({"max_tokens": 10**9}, "max_tokens"), ({"tools": [{"type": "function", "function": {"name": "a b"}}]},
                                             "tools[0]"),
 ])

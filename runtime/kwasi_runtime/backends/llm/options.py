@@ -109,7 +109,8 @@ def _logit_bias(value: dict[str, Any]) -> dict[int, float]:
     """{"token id": bias}, as OpenAI's logit_bias (ids as strings, since JSON keys are strings)."""
     bias: dict[int, float] = {}
     for token, amount in value.items():
-        if not token.isdigit() or isinstance(amount, bool) or not isinstance(amount, int | float):
+        numeric = isinstance(amount, int | float) and not isinstance(amount, bool)
+        if not (token.isascii() and token.isdigit()) or not numeric:
             raise NNError(Errno.INVALID_ARGUMENT, "metadata key 'logit-bias' maps token ids to numbers")
         bias[int(token)] = float(amount)
     return bias
