@@ -186,7 +186,8 @@ class ToolCallParser:
                     content.append(self._pending[:len(self._pending) - keep])
                     self._pending = self._pending[len(self._pending) - keep:]
                     break
-                content.append(self._pending[:start])
+                if self.format == "hermes":  # (before a llama3 call there is only whitespace)
+                    content.append(self._pending[:start])
                 self._pending = self._pending[start + self._open_len():]
                 self._current = _Call(len(self.calls), "call_" + uuid.uuid4().hex[:24])
                 self.calls.append(self._current)
