@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from kwasi_runtime.backends.llm import LlmBackend
@@ -16,28 +18,31 @@ from kwasi_testing.serving import ServerThread
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def test_smollm2_answers_through_the_server() -> None:
-    path = smollm2_gguf()
-    s = ServerThread(LlmBackend().preload([path], ExecutionTarget.CPU), wagi=False, timeout_s=120.0)
-    try:
-        assert s.sample("kwasi_model_load_seconds", model="default") > 0  # weights loaded before ready
-        with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=120) as client:
-            chunks = list(client.chat.completions.create(
-                model="default", messages=QUESTION, stream=True, temperature=0, max_tokens=40,
-                stream_options={"include_usage": True}))
-            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            assert "Paris" in text
-            usage = chunks[-1].usage
-            assert usage is not None and usage.prompt_tokens > 10
-            # Greedy: the non-streamed answer is the same text.
-            reply = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=40)
-            assert reply.choices[0].message.content == text
-        s.wait_idle()
-        labels = {"model": "default", "module": "openai_chat"}
-        assert s.sample("kwasi_generation_tokens_total", **labels) == usage.completion_tokens * 2
-        assert s.sample("kwasi_time_to_first_token_seconds_count", **labels) == 2
-    finally:
-        s.stop()
+@pytest.fixture(scope="module")
+def smollm2_server() -> Iterator[ServerThread]:
+    s = ServerThread(LlmBackend().preload([smollm2_gguf()], ExecutionTarget.CPU), wagi=False, timeout_s=240.0)
+    yield s
+    s.stop()
+
+
+def test_smollm2_answers_through_the_server(smollm2_server: ServerThread) -> None:
+    s = smollm2_server  # the first request of this server: the metric counts below are this test's
+    assert s.sample("kwasi_model_load_seconds", model="default") > 0  # weights loaded before ready
+    with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        chunks = list(client.chat.completions.create(
+            model="default", messages=QUESTION, stream=True, temperature=0, max_tokens=40,
+            stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "Paris" in text
+        usage = chunks[-1].usage
+        assert usage is not None and usage.prompt_tokens > 10
+        # Greedy: the non-streamed answer is the same text.
+        reply = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=40)
+        assert reply.choices[0].message.content == text
+    s.wait_idle()
+    labels = {"model": "default", "module": "openai_chat"}
+    assert s.sample("kwasi_generation_tokens_total", **labels) == usage.completion_tokens * 2
+    assert s.sample("kwasi_time_to_first_token_seconds_count", **labels) == 2
 
 
 WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
@@ -47,26 +52,23 @@ WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
         "required": ["city", "unit"], "additionalProperties": False}}}
 
 
-def test_smollm2_makes_a_schema_valid_tool_call_and_json() -> None:
+def test_smollm2_makes_a_schema_valid_tool_call_and_json(smollm2_server: ServerThread) -> None:
     """A 135M model without tool support in its template: the tools go into a system message, the grammar
     guarantees a call whose arguments match the schema, and json_object mode gives a JSON object."""
-    s = ServerThread(LlmBackend().preload([smollm2_gguf()], ExecutionTarget.CPU), wagi=False, timeout_s=240.0)
-    try:
-        with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=240) as client:
-            ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What's the weather in Paris?"}]
-            reply = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER],
-                                                   tool_choice="required", temperature=0, max_tokens=60,
-                                                   parallel_tool_calls=False)
-            assert reply.choices[0].finish_reason == "tool_calls"
-            calls = reply.choices[0].message.tool_calls
-            call = calls[0] if calls else None
-            assert call is not None and call.type == "function" and call.function.name == "get_weather"
-            args = json.loads(call.function.arguments)
-            assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
-            assert isinstance(args["city"], str) and 0 < len(args["city"]) <= 40
-            doc = client.chat.completions.create(
-                model="default", temperature=0, max_tokens=60, response_format={"type": "json_object"},
-                messages=[{"role": "user", "content": "Describe Paris as JSON with a name and a country."}])
-            assert isinstance(json.loads(doc.choices[0].message.content or ""), dict)
-    finally:
-        s.stop()
+    s = smollm2_server
+    with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=240) as client:
+        ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What's the weather in Paris?"}]
+        reply = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER],
+                                               tool_choice="required", temperature=0, max_tokens=60,
+                                               parallel_tool_calls=False)
+        assert reply.choices[0].finish_reason == "tool_calls"
+        calls = reply.choices[0].message.tool_calls
+        call = calls[0] if calls else None
+        assert call is not None and call.type == "function" and call.function.name == "get_weather"
+        args = json.loads(call.function.arguments)
+        assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+        assert isinstance(args["city"], str) and 0 < len(args["city"]) <= 40
+        doc = client.chat.completions.create(
+            model="default", temperature=0, max_tokens=60, response_format={"type": "json_object"},
+            messages=[{"role": "user", "content": "Describe Paris as JSON with a name and a country."}])
+        assert isinstance(json.loads(doc.choices[0].message.content or ""), dict)
