@@ -52,14 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kwasi_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
-    for noisy in ("httpx", "httpx2", "httpcore", "aiohttp.access"):  # one INFO line per request otherwise
+    for noisy in ("aiohttp.access", "kubernetes"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     if not (args.verbose or args.debug):  # "Handler ... succeeded" for every watch event of every child
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, Options(resync_s=args.resync_seconds, backoff_s=args.backoff_seconds,
                                status_delay_s=args.status_delay_seconds, max_inflight=args.max_inflight,
-                               monitor_labels=dict(args.monitor_label)))
+                               scan_crds=not args.namespace))
     metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     kopf.run(

@@ -25,7 +25,9 @@ from typing import Any
 
 import kopf
 
+from kwasi_operator import kinds
 from kwasi_operator import status as st
+from kwasi_operator.control import drift
 from kwasi_operator.control.publish import publish_soon
 from kwasi_operator.control.reconcile import reconcile
 from kwasi_operator.control.resync import resync_loop
@@ -33,7 +35,7 @@ from kwasi_operator.control.state import Indices, Operator, Options
 from kwasi_operator.kube import Kube
 from kwasi_operator.kube.incluster import login_in_cluster
 from kwasi_operator.render import INSTANCE_LABEL, MANAGED_BY
-from kwasi_operator.spec import GROUP, PLURAL, VERSION, Obj
+from kwasi_operator.spec import Obj
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -51,13 +53,13 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 def _snapshot(body: Mapping[str, Any]) -> Obj:
-    """What reconcile needs of a WasmInference, copied out of kopf's live body."""
+    """What reconcile needs of a WasmInference, copied out of kopf's live body (the status too: a restarted
+    operator compares its first status with what the last one wrote, and writes nothing if they agree)."""
     meta = body["metadata"]
-    observed = (body.get("status") or {}).get("observedGeneration")
     return {"apiVersion": body["apiVersion"], "kind": body["kind"],
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")},
             "spec": copy.deepcopy(dict(body["spec"])),
-            "status": {} if observed is None else {"observedGeneration": observed}}
+            "status": copy.deepcopy(dict(body.get("status") or {}))}
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> st.Key | None:
@@ -65,23 +67,31 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> st.Key | Non
     return (namespace, instance) if namespace and instance else None
 
 
+def _established(body: Mapping[str, Any]) -> bool:
+    conds = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conds)
+
+
 def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
     """Register every handler on ``registry``; returns the shared state (for tests and the CLI)."""
     op = Operator(options, reconcile)
-    resource = (GROUP, VERSION, PLURAL)
+    wasminferences = (kinds.WASM_INFERENCE.group, kinds.WASM_INFERENCE.version, kinds.WASM_INFERENCE.plural)
+    crds = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.diffbase_storage = NoDiffBase()
-        # No CRD watching: least privilege (the CRD is installed before the operator starts).
-        settings.scanning.disabled = True
+        # CRDs are watched (list/watch on customresourcedefinitions): children of other projects' kinds
+        # (monitors, …) are rendered as soon as their CRDs are installed; with scanning, kopf also starts
+        # watching them for drift then (without, from the next start; the resync covers them till then).
+        settings.scanning.disabled = not options.scan_crds
         # Events are posted explicitly (kopf.event) for decisions; kopf's own INFO chatter is not.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         # Each object's events are handled after this quiet period; kopf's 0.1 s default adds to every create.
         settings.batching.batch_window = 0.02
         settings.networking.request_timeout = 60
-        op.kube = Kube.from_env(monitoring_ttl_s=min(30.0, options.resync_s), max_inflight=options.max_inflight)
+        op.kube = await Kube.from_env(max_inflight=options.max_inflight)
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kw: Any) -> kopf.ConnectionInfo | None:
@@ -106,31 +116,57 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
         key = _owner_key(namespace, labels)
         return {key: st.PodInfo.from_body(body)} if key else None
 
-    @kopf.index(*resource, id="kwasi_objects", registry=registry)
+    @kopf.index("", "v1", "services", id="kwasi_services", labels=MANAGED_BY, registry=registry)
+    async def kwasi_services(namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+        key = _owner_key(namespace, labels)
+        return {key: True} if key else None
+
+    @kopf.index(*wasminferences, id="kwasi_objects", registry=registry)
     async def kwasi_objects(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): _snapshot(body)} if namespace and name else None
 
+    def ours(name: str | None, **_: Any) -> bool:
+        return name in kinds.CRD_KINDS
+
+    @kopf.index(*crds, id="kwasi_crds", when=ours, registry=registry)
+    async def kwasi_crds(name: str | None, body: kopf.Body, **_: Any) -> Any:
+        return {name: _established(body)}
+
     def bind(kw: Mapping[str, Any]) -> None:
-        op.indices = Indices(kw["kwasi_deployments"], kw["kwasi_pods"], kw["kwasi_objects"])
+        op.indices = Indices(kw["kwasi_deployments"], kw["kwasi_pods"], kw["kwasi_services"], kw["kwasi_objects"],
+                             kw["kwasi_crds"])
         if op.resync_task is None:  # started from a handler: its context carries kopf's event poster
             op.resync_task = asyncio.create_task(resync_loop(op))
 
-    def child_changed(namespace: str | None, labels: kopf.Labels) -> None:
-        key = _owner_key(namespace, labels)
-        if key is not None:
-            publish_soon(op, key)
-
-    @kopf.on.event("apps", "v1", "deployments", id="deployment_event", labels=MANAGED_BY, registry=registry)
-    async def deployment_event(namespace: str | None, labels: kopf.Labels, **kw: Any) -> None:
+    @kopf.on.event(*crds, id="crd_event", when=ours, registry=registry)
+    async def crd_event(**kw: Any) -> None:
         bind(kw)
-        child_changed(namespace, labels)
+        op.requeue_all()  # a kind to render appeared, or went away (its children went with it)
+
+    def watch_child(kind: kinds.Kind) -> None:
+        @kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}_event", labels=MANAGED_BY,
+                       registry=registry)
+        async def child_event(type: str | None, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                              **kw: Any) -> None:
+            bind(kw)
+            key = _owner_key(namespace, labels)
+            if key is None:
+                return
+            drift.child_event(op, key, kind.kind, type, body)
+            if kind in (kinds.DEPLOYMENT, kinds.SERVICE):  # what status is computed from
+                publish_soon(op, key)
+
+    for child in kinds.CHILDREN:
+        watch_child(child)
 
     @kopf.on.event("", "v1", "pods", id="pod_event", labels=MANAGED_BY, registry=registry)
     async def pod_event(namespace: str | None, labels: kopf.Labels, **kw: Any) -> None:
         bind(kw)
-        child_changed(namespace, labels)
+        key = _owner_key(namespace, labels)
+        if key is not None:
+            publish_soon(op, key)
 
-    @kopf.on.event(*resource, id="wasminference_event", registry=registry)
+    @kopf.on.event(*wasminferences, id="wasminference_event", registry=registry)
     async def wasminference_event(type: str | None, namespace: str | None, name: str | None, body: kopf.Body,
                                   **kw: Any) -> None:
         bind(kw)

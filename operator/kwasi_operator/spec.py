@@ -7,10 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-GROUP = "kwasi.dev"
-VERSION = "v1alpha1"
-PLURAL = "wasminferences"
-KIND = "WasmInference"
 FIELD_MANAGER = "kwasi-operator"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/kwasi-dev/kwasi-runtime:0.1.0"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

@@ -126,8 +126,15 @@ def compute(
     deployment: DeploymentInfo | None,
     pods: Sequence[PodInfo],
     problem: Problem | None,
+    service: bool = True,
 ) -> tuple[str, Obj, list[Obj]]:
-    """(phase, status fields without conditions, conditions without timestamps)."""
+    """(phase, status fields without conditions, conditions without timestamps).
+
+    The Degraded rule (operator/README.md): Degraded=True when the object cannot reach what its spec asks
+    without someone acting: the spec cannot be realised (a problem), any pod cannot be scheduled (whether
+    0 or N-1 of N replicas run), or the Deployment reports a failure (ProgressDeadlineExceeded,
+    ReplicaFailure). Starting, rolling out, running and stopped are not degraded.
+    """
     dep = deployment
     replicas = dep.replicas if dep else 0
     ready = dep.ready_replicas if dep else 0
@@ -138,7 +145,7 @@ def compute(
         "selector": desired.selector,
         "observedGeneration": desired.generation,
     }
-    if desired.endpoint:
+    if desired.endpoint and service:  # only while the Service exists: an endpoint must be reachable
         fields["endpoint"] = desired.endpoint
 
     stuck = [p for p in pods if p.phase == "Pending" and p.unschedulable]
@@ -170,7 +177,7 @@ def compute(
         ready_c = condition("Ready", False, "ScaledToZero", "replicas is 0")
         progressing = condition("Progressing", False, "ScaledToZero", "replicas is 0")
         degraded = condition("Degraded", False, "ScaledToZero", "")
-    elif ready >= want and rolled_out:
+    elif ready >= want and rolled_out and not stuck:
         phase = "Ready"
         ready_c = condition("Ready", True, "MinimumReplicasReady", f"{ready}/{want} replicas ready")
         progressing = condition("Progressing", False, "RolledOut", "")
@@ -180,17 +187,9 @@ def compute(
         if stuck:
             phase = "Pending" if ready == 0 else "Degraded"
             reason = scheduled["reason"]
-            ready_c = condition("Ready", False, reason, f"{detail}; {scheduled['message']}")
+            ready_c = condition("Ready", ready >= want, reason, f"{detail}; {scheduled['message']}")
             progressing = condition("Progressing", True, "WaitingForScheduling", detail)
-            degraded = condition("Degraded", ready > 0, reason if ready > 0 else "AsExpected", scheduled["message"])
-        elif broken := [p for p in pods if p.failure is not None]:
-            failure = broken[0].failure
-            assert failure is not None
-            phase = "Degraded" if ready > 0 else "Failed"
-            message = f"{detail}; pod {broken[0].name}: {failure.message}"
-            ready_c = condition("Ready", False, failure.reason, message)
-            progressing = condition("Progressing", False, failure.reason, message)
-            degraded = condition("Degraded", True, failure.reason, message)
+            degraded = condition("Degraded", True, reason, scheduled["message"])
         elif failing is not None:
             phase = "Degraded"
             ready_c = condition("Ready", False, failing[0], f"{detail}; {failing[1]}")
@@ -210,9 +209,10 @@ def build(
     pods: Sequence[PodInfo],
     problem: Problem | None,
     old_conditions: Iterable[Mapping[str, Any]] = (),
+    service: bool = True,
 ) -> Obj:
     """The full ``status`` object."""
-    phase, fields, conds = compute(desired, deployment, pods, problem)
+    phase, fields, conds = compute(desired, deployment, pods, problem, service)
     return {"phase": phase, **fields, "conditions": with_transition_times(conds, old_conditions, desired.generation)}
 
 

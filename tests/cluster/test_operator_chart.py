@@ -81,7 +81,7 @@ def test_rbac_rules_come_from_the_plain_manifests(helm: str, tmp_path: Path) -> 
     docs = render(helm, "--set", "watchNamespaces={team-a,team-b}")
     assert sorted(rb["metadata"]["namespace"] for rb in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     assert [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [
-        "kwasi-kwasi-operator-monitoring-discovery"]
+        "kwasi-kwasi-operator-crd-discovery"]
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
 

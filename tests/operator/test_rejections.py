@@ -1,13 +1,15 @@
-"""What the operator reports for a child the API server refuses (the bodies are the API server's own shapes)."""
+"""What the operator reports for a child the API server refuses (the bodies are the API server's own shapes,
+as the kubernetes client raises them)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import httpx2
-from lightkube.core.exceptions import ApiError
+from kubernetes.aio.client.exceptions import ApiException
 
 from kwasi_operator.control.problems import namespace_terminating, rejected
+from kwasi_operator.kube import ApiError
 from kwasi_operator.spec import Spec
 
 BASE: dict[str, Any] = {"module": {"image": "r/app:1"}}
@@ -19,8 +21,7 @@ def api_error(code: int, kind: str, message: str, causes: list[dict[str, str]] |
         details["causes"] = causes
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
             "reason": "Forbidden" if code == 403 else "Invalid", "message": message, "details": details}
-    request = httpx2.Request("PATCH", "https://127.0.0.1/apis/apps/v1/namespaces/n/deployments/a")
-    return ApiError(request=request, response=httpx2.Response(code, json=body, request=request))
+    return ApiError.from_exception(ApiException(status=code, reason=body["reason"], body=json.dumps(body)))
 
 
 def test_hpa_refused_for_min_replicas_zero_names_the_feature_gate() -> None:
@@ -44,3 +45,8 @@ def test_namespace_being_deleted_is_not_a_problem_of_the_spec() -> None:
     assert namespace_terminating(terminating)
     assert not namespace_terminating(api_error(403, "deployments", "RBAC: forbidden"))
     assert not namespace_terminating(api_error(422, "deployments", "invalid", [{"reason": "FieldValueInvalid"}]))
+
+
+def test_a_plain_text_refusal_keeps_its_code() -> None:
+    e = ApiError.from_exception(ApiException(status=404, reason="Not Found", body="404 page not found\n"))
+    assert (e.code, e.kind, e.causes) == (404, None, ()) and "404 page not found" in e.message

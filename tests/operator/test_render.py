@@ -105,18 +105,6 @@ def test_replicas_pdb_and_autoscaling() -> None:
 
 def test_monitors_only_when_asked_and_available() -> None:
     spec = Spec.parse({**BASE, "metrics": {"serviceMonitor": True, "podMonitor": True, "labels": {"release": "k"}}})
-    kinds = [c["kind"] for c in render("a", "n", spec, monitoring_available=True)]
+    kinds = [c["kind"] for c in render("a", "n", spec, {"ServiceMonitor", "PodMonitor"})]
     assert kinds == ["Deployment", "Service", "ServiceMonitor", "PodMonitor"]
-    assert [c["kind"] for c in render("a", "n", spec, monitoring_available=False)] == ["Deployment", "Service"]
-
-
-def test_monitors_label_series_with_the_object_and_take_default_labels() -> None:
-    spec = Spec.parse({**BASE, "metrics": {"serviceMonitor": True, "podMonitor": True, "labels": {"release": "k"}}})
-    service_monitor, pod_monitor = render("a", "n", spec, True, {"release": "default", "team": "ml"})[2:]
-    for monitor, endpoints in ((service_monitor, "endpoints"), (pod_monitor, "podMetricsEndpoints")):
-        assert monitor["metadata"]["labels"]["release"] == "k"  # the spec's own label wins
-        assert monitor["metadata"]["labels"]["team"] == "ml"
-        [endpoint] = monitor["spec"][endpoints]
-        # The pod label kwasi.dev/wasminference as Prometheus' Kubernetes discovery names it.
-        assert endpoint["relabelings"] == [{"sourceLabels": ["__meta_kubernetes_pod_label_kwasi_dev_wasminference"],
-                                            "targetLabel": "wasminference"}]
+    assert [c["kind"] for c in render("a", "n", spec, {"ScaledObject"})] == ["Deployment", "Service"]

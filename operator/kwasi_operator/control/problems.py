@@ -28,18 +28,15 @@ async def preflight(kube: Kube, namespace: str, spec: Spec) -> st.Problem | None
 
 def namespace_terminating(e: ApiError) -> bool:
     """A 403 from the NamespaceLifecycle admission plugin: the namespace is being deleted."""
-    details = e.status.details
-    return e.status.code == 403 and details is not None and any(
-        c.reason == "NamespaceTerminating" for c in details.causes or ())
+    return e.code == 403 and "NamespaceTerminating" in e.causes
 
 
 def rejected(spec: Spec, e: ApiError) -> st.Problem:
     """The problem to report for a child the API server refused (400/403/422)."""
-    message = e.status.message or str(e)
-    if e.status.code == 403:
+    message = e.message or str(e)
+    if e.code == 403:
         return st.Problem("Forbidden", message)
-    kind = e.status.details.kind if e.status.details else None
-    if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None and spec.autoscaling.min_replicas == 0:
+    if e.kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None and spec.autoscaling.min_replicas == 0:
         return st.Problem("ScaleToZeroUnavailable", "spec.autoscaling.minReplicas 0 needs the HPAScaleToZero "
                               "feature gate on kube-apiserver and kube-controller-manager (or set it to 1); the "
                               f"API server said: {message}")

@@ -38,16 +38,15 @@ async def publish(op: Operator, key: st.Key) -> None:
         return
     deployment = next(iter(op.indices.deployments.get(key, ())), None)
     pods = list(op.indices.pods.get(key, []))
+    service = key in op.indices.services
     before = obj.published
-    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()))
-    want = obj.desired.replicas if obj.desired.replicas is not None else int(new.get("replicas", 0))
-    metrics.set_replicas(*key, desired=want, ready=int(new.get("readyReplicas", 0)))
+    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service)
     if st.same(before, new):
         return
     try:
         await op.kube.patch_status(key[1], key[0], new)
     except ApiError as e:
-        if e.status.code == 404:  # deleted meanwhile
+        if e.code == 404:  # deleted meanwhile
             op.forget(key)
             return
         raise

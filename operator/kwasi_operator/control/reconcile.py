@@ -5,22 +5,22 @@ for, report what changed, and publish status. Failures are retried from the work
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
-from kwasi_operator import metrics
+from kwasi_operator import kinds, metrics
 from kwasi_operator import status as st
+from kwasi_operator.control.drift import report_repairs, version
 from kwasi_operator.control.problems import namespace_terminating, preflight, rejected
 from kwasi_operator.control.publish import publish, publish_soon
-from kwasi_operator.control.state import MAX_BACKOFF_S, Operator, Retry, backoff, log
-from kwasi_operator.kube import OPTIONAL_KINDS, ApiError
+from kwasi_operator.control.state import MAX_BACKOFF_S, Operator, Retry, Version, backoff, log
+from kwasi_operator.kube import ApiError
 from kwasi_operator.render import render, selector_string
 from kwasi_operator.spec import Obj, Spec
-
-MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
 
 
 async def reconcile(op: Operator, body: Mapping[str, Any], trigger: str) -> None:
@@ -37,7 +37,7 @@ async def reconcile(op: Operator, body: Mapping[str, Any], trigger: str) -> None
         result = "retry"
         raise
     except ApiError as e:
-        metrics.ERRORS.labels(reason=f"api_{e.status.code}").inc()
+        metrics.ERRORS.labels(reason=f"api_{e.code}").inc()
         raise
     except Exception as e:
         metrics.ERRORS.labels(reason=type(e).__name__).inc()
@@ -53,34 +53,48 @@ def _ref(body: Mapping[str, Any]) -> Obj:
             "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]}}
 
 
-async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger: str) -> None:
-    namespace, name = key
-    kube = op.client()
-    spec = Spec.parse(body["spec"])
-    obj = op.tracked(key)
-    obj.ref = _ref(body)
-    obj.desired = st.Desired(
-        generation=int(body["metadata"].get("generation") or 0),
+def desired(spec: Spec, name: str, namespace: str, generation: int) -> st.Desired:
+    return st.Desired(
+        generation=generation,
         replicas=None if spec.autoscaling else spec.replicas,
         selector=selector_string(name),
         endpoint=st.endpoint(name, namespace, spec.port),
         gpu_resource=spec.gpu.resource_name if spec.gpu else None,
     )
 
+
+async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger: str) -> None:
+    namespace, name = key
+    kube = op.client()
+    spec = Spec.parse(body["spec"])
+    obj = op.tracked(key)
+    obj.ref = _ref(body)
+    if obj.published is None:  # first sight in this process: what an earlier one wrote is the base
+        obj.published = copy.deepcopy(dict(body.get("status") or {})) or None
+    obj.desired = desired(spec, name, namespace, int(body["metadata"].get("generation") or 0))
+
     problem = await preflight(kube, namespace, spec)
     if problem is not None:
         await _fail(op, key, problem)
 
-    manifests = render(name, namespace, spec, await kube.monitoring_available(), op.options.monitor_labels)
+    manifests = render(name, namespace, spec, op.available())
     kopf.append_owner_reference(manifests, owner=cast(kopf.Body, body))
+    before = dict(obj.seen or {})
+    seen = obj.seen = obj.seen or {}
+    live: dict[str, Version] = {}
+
+    async def apply(manifest: Obj) -> None:
+        child = await kube.apply(manifest)
+        live[child["kind"]] = seen[child["kind"]] = version(child)  # at once: its watch event is an echo
+
     try:
         # The Deployment first (pods start sooner); then the rest together.
-        live = [await kube.apply(manifests[0])]
-        live += await asyncio.gather(*(kube.apply(m) for m in manifests[1:]))
+        await apply(manifests[0])
+        await asyncio.gather(*(apply(m) for m in manifests[1:]))
     except ApiError as e:
         if namespace_terminating(e):  # the object goes with its namespace: nothing to report, nothing to fix
             raise Retry(f"namespace {namespace} is being deleted", delay=MAX_BACKOFF_S) from e
-        if e.status.code in (400, 403, 422):  # not transient: the spec (or the RBAC) must change first
+        if e.code in (400, 403, 422):  # not transient: the spec (or the RBAC) must change first
             await _fail(op, key, rejected(spec, e))
         raise
     obj.failures = 0
@@ -89,7 +103,12 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         op.event(key, "Normal", "Resolved", "the spec can be realised again")
 
     await _prune(op, key, {m["kind"] for m in manifests}, trigger)
-    _report_changes(op, key, live, spec, trigger)
+    if trigger in ("create", "update"):
+        obj.drifted.clear()
+        verb = "Created" if trigger == "create" else "Updated"
+        op.event(key, "Normal", verb, f"applied {', '.join(live)}: {describe(spec)}")
+    else:
+        report_repairs(op, key, before, live, resync=trigger == "resync")
     publish_soon(op, key)  # with the burst of Deployment/pod events that follows
 
 
@@ -112,23 +131,16 @@ async def _prune(op: Operator, key: st.Key, wanted: set[str], trigger: str) -> N
     namespace, name = key
     obj = op.tracked(key)
     if obj.applied is None:  # first sight in this process: anything may be left from an older spec
-        candidates = set() if trigger == "create" else set(OPTIONAL_KINDS) - wanted
+        candidates = set() if trigger == "create" else {k.kind for k in kinds.OPTIONAL} - wanted
     else:
         candidates = set(obj.applied) - wanted
-    if candidates & MONITOR_KINDS and not await op.client().monitoring_available():
-        candidates -= MONITOR_KINDS  # the types do not exist, so neither can such children
+    available = op.available()
+    candidates = {k for k in candidates if not kinds.BY_KIND[k].crd or k in available}  # no type, no such child
     for kind in sorted(candidates):
+        (obj.seen or {}).pop(kind, None)  # from now on its watch events are not drift
         if await op.client().delete_if_present(kind, name, namespace):
             op.event(key, "Normal", "Pruned", f"deleted {kind} {name}: the spec no longer asks for it")
     obj.applied = frozenset(wanted)
-
-
-def _version(obj: Mapping[str, Any]) -> tuple[str, str]:
-    """(uid, a version that changes only when someone changes the object's spec)."""
-    meta = obj.get("metadata", {})
-    gen = meta.get("generation")
-    # Deployments, PDBs and HPAs bump generation on spec changes only (status writes bump resourceVersion).
-    return meta.get("uid", ""), f"g{gen}" if gen else f"rv{meta.get('resourceVersion', '')}"
 
 
 def describe(spec: Spec) -> str:
@@ -147,24 +159,3 @@ def describe(spec: Spec) -> str:
         parts.append("CPU only")
     parts.append(f"models: {', '.join(m.name for m in spec.models) or 'none'}")
     return "; ".join(parts)
-
-
-def _report_changes(op: Operator, key: st.Key, live: Sequence[Obj], spec: Spec, trigger: str) -> None:
-    """Events for decisions: children created/updated, or repaired after someone changed them."""
-    now = {child["kind"]: _version(child) for child in live}
-    obj = op.tracked(key)
-    before, obj.seen = obj.seen, now
-    kinds = ", ".join(now)
-    if trigger == "create":
-        op.event(key, "Normal", "Created", f"applied {kinds}: {describe(spec)}")
-    elif trigger == "update":
-        op.event(key, "Normal", "Updated", f"applied {kinds}: {describe(spec)}")
-    elif before is not None:  # resync: nothing should have changed unless someone else did it
-        for kind, (uid, version) in now.items():
-            old = before.get(kind)
-            if old is None or old == (uid, version):
-                continue
-            what = "re-created (it was deleted)" if old[0] != uid else "reverted (it was edited)"
-            metrics.REPAIRS.labels(kind=kind).inc()
-            op.event(key, "Warning", "Repaired", f"{kind} {key[1]} {what}")
-            log.info("%s/%s: repaired %s: %s", *key, kind, what)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import kopf
 
-from kwasi_operator import metrics
+from kwasi_operator import kinds, metrics
 from kwasi_operator import status as st
 from kwasi_operator.control.workqueue import WorkQueue
 from kwasi_operator.kube import ApiError, Kube
@@ -31,7 +31,9 @@ class Options:
     backoff_s: float = 1.0  # first retry delay of a spec that cannot be realised; doubles up to MAX_BACKOFF_S
     status_delay_s: float = 0.5  # coalescing window for status updates caused by child events
     max_inflight: int = 32  # concurrent writes to the API server (Deployments first)
-    monitor_labels: Mapping[str, str] = field(default_factory=dict)  # on every ServiceMonitor/PodMonitor
+    # Let kopf start watches of kinds whose CRDs appear while it runs. Off when watching named namespaces:
+    # kopf would then also list namespaces, which such an operator may not.
+    scan_crds: bool = True
 
 
 class Retry(Exception):
@@ -40,6 +42,10 @@ class Retry(Exception):
     def __init__(self, message: str, delay: float) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+Version = tuple[str, str]  # (uid, a version that changes only when someone changes the child's spec)
+GONE: Version = ("", "")  # the child was deleted
 
 
 @dataclass
@@ -55,7 +61,8 @@ class Tracked:
     problem: st.Problem | None = None  # why the spec cannot be realised, while it cannot
     published: Obj | None = None  # the status last written
     applied: frozenset[str] | None = None  # kinds applied last time (what pruning compares against)
-    seen: dict[str, tuple[str, str]] | None = None  # kind -> (uid, spec version) after the last apply
+    seen: dict[str, Version] | None = None  # kind -> version of each child as last applied or watched
+    drifted: dict[str, Version] = field(default_factory=dict)  # kind -> version someone else made (or GONE)
     publishing: asyncio.Task[None] | None = None  # a debounced status publish, while one is pending
 
 
@@ -65,7 +72,9 @@ class Indices:
 
     deployments: kopf.Index[st.Key, st.DeploymentInfo]
     pods: kopf.Index[st.Key, st.PodInfo]
+    services: kopf.Index[st.Key, bool]
     objects: kopf.Index[st.Key, Obj]  # the WasmInferences themselves (snapshots), for the resync loop
+    crds: kopf.Index[str, bool]  # name of another project's CRD we render for -> Established
 
 
 def backoff(options: Options, failures: int) -> float:
@@ -108,6 +117,19 @@ class Operator:
         store = self.indices.objects.get(key, ()) if self.indices is not None else ()
         return next(iter(store), None)
 
+    def available(self) -> frozenset[str]:
+        """Kinds from other projects' CRDs (monitors, …) that are installed and established now."""
+        if self.indices is None:
+            return frozenset()
+        return frozenset(kinds.CRD_KINDS[name].kind for name, ok in self.indices.crds.items()
+                         if name in kinds.CRD_KINDS and any(ok))
+
+    def requeue_all(self) -> None:
+        """Queue every known object (e.g. a CRD they may render children of appeared or went away)."""
+        if self.indices is not None:
+            for key in list(self.indices.objects.keys()):
+                self.queue.add(key)
+
     def observe(self, key: st.Key, body: Mapping[str, Any]) -> None:
         """A watch event of the object: queue a reconcile if this generation was not attempted yet.
 
@@ -127,12 +149,17 @@ class Operator:
     async def work(self, key: st.Key) -> None:
         """One queued reconcile of the newest snapshot; schedules its own retry on failure."""
         body = self.latest(key)
-        if body is None:
-            return  # deleted meanwhile
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # deleted meanwhile, or being deleted: the garbage collector takes the children
         obj = self.tracked(key)
         generation = int(body["metadata"].get("generation") or 0)
         obj.attempted = generation
-        trigger = obj.first or ("resync" if obj.reconciled == generation else "update")
+        if obj.first is not None:
+            trigger = obj.first
+        elif obj.reconciled != generation:
+            trigger = "update"
+        else:
+            trigger = "drift" if obj.drifted else "resync"
         try:
             await self.reconcile(self, body, trigger)
         except Retry as e:

@@ -1,128 +1,104 @@
-"""The operator's own API calls (lightkube, async): server-side apply of children, pruning, status.
+"""The operator's own API calls, on the official ``kubernetes`` client's asyncio flavour
+(``kubernetes.aio``: aiohttp underneath, like kopf, so no call blocks the event loop).
 
-kopf does the watching, indexing and its bookkeeping patches; everything the reconciler writes goes
-through here, with the field manager ``kwasi-operator``.
+Server-side apply of children (field manager ``kwasi-operator``, force: the operator owns the fields it
+renders), pruning, the few reads the preflight needs, and status patches. kopf does the watching and
+indexing. Every write goes through the :class:`~kwasi_operator.kube.limiter.Limiter`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Sequence
 from typing import Any
 
-import httpx2
-from lightkube import AsyncClient, KubeConfig, codecs
-from lightkube.core.exceptions import ApiError
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Service
-from lightkube.resources.policy_v1 import PodDisruptionBudget
-from lightkube.types import PatchType
+from kubernetes.aio import client as k8s
+from kubernetes.aio import config as k8s_config
+from kubernetes.aio.client.exceptions import ApiException
 
+from kwasi_operator import kinds
+from kwasi_operator.kube.errors import ApiError
 from kwasi_operator.kube.limiter import PRIO_CHILD, PRIO_DEPLOYMENT, PRIO_STATUS, Limiter
-from kwasi_operator.spec import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, Obj
+from kwasi_operator.spec import FIELD_MANAGER, Obj
 
-WasmInference = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-ServiceMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
-PodMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors")
-
-MONITOR_CRDS = ("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com")
-# Children that exist only for some specs, so they may have to be removed again.
-OPTIONAL_KINDS: dict[str, Any] = {
-    "PodDisruptionBudget": PodDisruptionBudget,
-    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
-    "ServiceMonitor": ServiceMonitor,
-    "PodMonitor": PodMonitor,
-}
-CHILD_KINDS: dict[str, Any] = {"Deployment": Deployment, "Service": Service, **OPTIONAL_KINDS}
+APPLY = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
+MERGE = "application/merge-patch+json"
 
 
 class Kube:
-    """A thin async client for the reconciler."""
+    """A thin async client for the reconciler: dicts in, dicts out (no model classes)."""
 
-    def __init__(self, client: AsyncClient, monitoring_ttl_s: float = 30.0, max_inflight: int = 16) -> None:
-        self.client = client
+    def __init__(self, api: k8s.ApiClient, max_inflight: int = 16) -> None:
+        self.api = api
         self.limiter = Limiter(max_inflight)
-        self._monitoring: tuple[float, bool] | None = None
-        self._monitoring_lock = asyncio.Lock()  # one lookup for a burst of reconciles
-        self._monitoring_ttl_s = monitoring_ttl_s
 
     @classmethod
-    def from_env(cls, monitoring_ttl_s: float = 30.0, max_inflight: int = 16) -> Kube:
-        """In-cluster ServiceAccount or $KUBECONFIG, like kopf's own login."""
-        return cls(AsyncClient(KubeConfig.from_env(), field_manager=FIELD_MANAGER), monitoring_ttl_s, max_inflight)
+    async def from_env(cls, max_inflight: int = 16) -> Kube:
+        """In-cluster ServiceAccount (its token re-read as the kubelet rotates it), else $KUBECONFIG."""
+        config = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            await k8s_config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+        config.connection_pool_maxsize = max(max_inflight * 2, 16)
+        return cls(k8s.ApiClient(config), max_inflight)
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.api.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, method: str, path: str, body: Any = None, query: Sequence[tuple[str, str]] = (),
+                    content_type: str | None = None) -> Obj:
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        request = await self.api.param_serialize(method=method, resource_path=path, query_params=list(query),
+                                                 header_params=headers, body=body, auth_settings=["BearerToken"])
+        try:
+            response = await self.api.call_api(*request)
+            await response.read()  # type: ignore[no-untyped-call]
+            out = self.api.response_deserialize(response, {"2XX": "object"}).data
+        except ApiException as e:
+            raise ApiError.from_exception(e) from None
+        return out if isinstance(out, dict) else {}
 
     async def apply(self, manifest: Obj) -> Obj:
-        """Server-side apply (force: this operator owns the fields it renders); returns the live object."""
-        obj = codecs.from_dict(manifest)
-        prio = PRIO_DEPLOYMENT if manifest["kind"] == "Deployment" else PRIO_CHILD
+        """Server-side apply; returns the live object."""
+        kind = kinds.BY_KIND[manifest["kind"]]
+        meta = manifest["metadata"]
+        prio = PRIO_DEPLOYMENT if kind is kinds.DEPLOYMENT else PRIO_CHILD
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         async with self.limiter.slot(prio):
-            live = await self.client.apply(obj, field_manager=FIELD_MANAGER, force=True)
-        out: Obj = live.to_dict()  # type: ignore[no-untyped-call]
-        return out
+            return await self._call("PATCH", kind.path(meta["namespace"], meta["name"]), manifest, query, APPLY)
 
     async def delete_if_present(self, kind: str, name: str, namespace: str) -> bool:
         try:
             async with self.limiter.slot(PRIO_CHILD):
-                await self.client.delete(CHILD_KINDS[kind], name, namespace=namespace)
+                await self._call("DELETE", kinds.BY_KIND[kind].path(namespace, name),
+                                 query=[("propagationPolicy", "Background")])
         except ApiError as e:
-            if e.status.code == 404:
-                return False
-            raise
-        except httpx2.HTTPStatusError as e:  # a plain-text 404: the resource type itself does not exist
-            if e.response.status_code == 404:
+            if e.code == 404:  # gone already, or the resource type itself does not exist
                 return False
             raise
         return True
 
-    async def exists(self, kind: str, name: str, namespace: str) -> bool:
-        res: Any = {"ConfigMap": ConfigMap, "PersistentVolumeClaim": PersistentVolumeClaim}[kind]
+    async def get(self, kind: str, name: str, namespace: str) -> Obj | None:
         try:
-            await self.client.get(res, name, namespace=namespace)
+            return await self._call("GET", kinds.BY_KIND[kind].path(namespace, name))
         except ApiError as e:
-            if e.status.code == 404:
-                return False
+            if e.code == 404:
+                return None
             raise
-        return True
+
+    async def exists(self, kind: str, name: str, namespace: str) -> bool:
+        return await self.get(kind, name, namespace) is not None
 
     async def configmap_has_key(self, name: str, key: str, namespace: str) -> bool | None:
         """None when the ConfigMap is missing, else whether it holds ``key``."""
-        try:
-            cm = await self.client.get(ConfigMap, name, namespace=namespace)
-        except ApiError as e:
-            if e.status.code == 404:
-                return None
-            raise
-        return key in (cm.data or {}) or key in (cm.binaryData or {})
-
-    async def monitoring_available(self) -> bool:
-        """Whether the Prometheus operator's ServiceMonitor/PodMonitor CRDs exist (cached briefly)."""
-        async with self._monitoring_lock:
-            return await self._monitoring_lookup()
-
-    async def _monitoring_lookup(self) -> bool:
-        now = time.monotonic()
-        if self._monitoring is not None and now - self._monitoring[0] < self._monitoring_ttl_s:
-            return self._monitoring[1]
-        found = True
-        for crd in MONITOR_CRDS:
-            try:
-                await self.client.get(CustomResourceDefinition, crd)
-            except ApiError as e:
-                if e.status.code not in (403, 404):
-                    raise
-                found = False
-                break
-        self._monitoring = (now, found)
-        return found
+        cm = await self.get("ConfigMap", name, namespace)
+        if cm is None:
+            return None
+        return key in (cm.get("data") or {}) or key in (cm.get("binaryData") or {})
 
     async def patch_status(self, name: str, namespace: str, status: Obj) -> None:
+        path = kinds.WASM_INFERENCE.path(namespace, name, "status")
         async with self.limiter.slot(PRIO_STATUS):
-            await self.client.patch(
-                WasmInference.Status, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE
-            )
+            await self._call("PATCH", path, {"status": status}, content_type=MERGE)

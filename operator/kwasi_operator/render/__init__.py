@@ -8,8 +8,9 @@ monitors).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection
 
+from kwasi_operator import kinds
 from kwasi_operator.render.meta import INSTANCE_LABEL, MANAGED_BY, labels, selector, selector_string
 from kwasi_operator.render.pod import deployment, runtime_args
 from kwasi_operator.render.scaling import horizontal_pod_autoscaler, pod_disruption_budget
@@ -22,13 +23,12 @@ __all__ = [
 ]
 
 
-def render(name: str, namespace: str, spec: Spec, monitoring_available: bool,
-           monitor_labels: Mapping[str, str] | None = None) -> list[Obj]:
-    """Every child the spec asks for, in apply order."""
+def render(name: str, namespace: str, spec: Spec, available: Collection[str] = ()) -> list[Obj]:
+    """Every child the spec asks for, in apply order. ``available``: kinds from other projects' CRDs that
+    are installed (a child of another kind is left out)."""
     children = [deployment(name, namespace, spec), service(name, namespace, spec)]
     for optional in (pod_disruption_budget(name, namespace, spec), horizontal_pod_autoscaler(name, namespace, spec)):
         if optional is not None:
             children.append(optional)
-    if monitoring_available:
-        children += monitors(name, namespace, spec, monitor_labels)
-    return children
+    children += monitors(name, namespace, spec)
+    return [c for c in children if not kinds.BY_KIND[c["kind"]].crd or c["kind"] in available]
