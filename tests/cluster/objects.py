@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
 
 if TYPE_CHECKING:
     from cluster.conftest import Cluster
@@ -63,3 +69,32 @@ def children(cluster: Cluster, ns: str, name: str) -> dict[str, int]:
     for item in (out or {}).get("items", []):
         counts[item["kind"]] = counts.get(item["kind"], 0) + 1
     return counts
+
+
+@contextlib.contextmanager
+def running_operator(cluster: Cluster, tmp: Path, *args: str) -> Iterator[OperatorProcess]:
+    """The CRD and RBAC installed, and kwasi-operator running under its own ServiceAccount's token."""
+    kubectl = Kubectl(cluster.kubeconfig, cluster.kubectl_path, cluster.env)
+    install(kubectl)
+    kubeconfig = service_account_kubeconfig(kubectl, tmp / "operator.kubeconfig")
+    op = OperatorProcess(kubeconfig, tmp / "operator.log", ["--all-namespaces", *args]).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"\nkwasi-operator log: {op.log_path}")
+
+
+@contextlib.contextmanager
+def namespace(cluster: Cluster, prefix: str = "op") -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) afterwards."""
+    name = cluster.create_namespace(f"{prefix}-{uuid.uuid4().hex[:6]}")
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def uid(cluster: Cluster, ns: str, *what: str) -> str | None:
+    obj = get(cluster, ns, *what)
+    return obj["metadata"]["uid"] if obj else None

@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # the fixture's type; not imported at run time (conftest is n
 
 GPU = "nvidia.com/gpu"
 EXPECTED_GPUS = {"kwok-gpu-a100": "4", "kwok-gpu-h100": "8", "kwok-cpu": None}
+MIG_NODES = {"kwok-gpu-a100-mig": ("nvidia.com/mig-1g.10gb", "7")}  # MIG slices, no whole GPUs
 
 
 def _ready(node: dict[str, Any]) -> bool:
@@ -29,7 +30,11 @@ def _settled_nodes(cluster: Cluster) -> dict[str, dict[str, Any]] | None:
 
 def test_nodes_ready_with_gpus_and_rbac_on(cluster: Cluster) -> None:
     nodes = cluster.wait_until(lambda: _settled_nodes(cluster), 60, "nodes without node-lifecycle taints")
-    assert set(nodes) == set(EXPECTED_GPUS)
+    assert set(nodes) == set(EXPECTED_GPUS) | set(MIG_NODES)
+    for name, (resource, slices) in MIG_NODES.items():
+        assert nodes[name]["status"]["allocatable"].get(resource) == slices and GPU not in nodes[name]["status"][
+            "allocatable"]
+        assert (GPU, "NoSchedule") in {(t["key"], t["effect"]) for t in nodes[name]["spec"]["taints"]}
     for name, gpus in EXPECTED_GPUS.items():
         node = nodes[name]
         assert _ready(node), f"{name} not Ready: {node['status'].get('conditions')}"
@@ -44,7 +49,7 @@ def test_nodes_ready_with_gpus_and_rbac_on(cluster: Cluster) -> None:
         else:
             assert not taints
             assert "nvidia.com/gpu.product" not in labels
-    products = {nodes[n]["metadata"]["labels"]["nvidia.com/gpu.product"] for n in nodes if n != "kwok-cpu"}
+    products = {nodes[n]["metadata"]["labels"]["nvidia.com/gpu.product"] for n in EXPECTED_GPUS if n != "kwok-cpu"}
     assert len(products) == 2
 
     # RBAC is enforced: an ordinary ServiceAccount may not create pods; the admin may.

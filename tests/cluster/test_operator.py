@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,7 +142,35 @@ def test_sixteen_gpus_reported_insufficient(cluster: Cluster, operator: Operator
     assert "Insufficient nvidia.com/gpu" in sched["message"]  # the scheduler's own words
     assert wi["status"]["phase"] == "Pending"
     assert cond(wi, "Ready")["status"] == "False" and cond(wi, "Ready")["reason"] == "InsufficientGPU"
+    # 0 of 1 placed is as degraded as 1 of 2 (below): it will not get better without someone acting.
+    assert (cond(wi, "Degraded")["status"], cond(wi, "Degraded")["reason"]) == ("True", "InsufficientGPU")
     cluster.wait_until(lambda: "InsufficientGPU" in reasons(cluster, ns, "huge"), 20, "InsufficientGPU event")
+
+
+def test_one_of_two_replicas_placed_is_degraded(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:
+    # Each replica wants all 8 GPUs of the H100 node (the only one with >= 80000 MiB): one fits, one waits.
+    cluster.apply(wasminference("half", replicas=2, gpu={"count": 8, "memoryMiB": 80000}), namespace=ns)
+
+    def one_ready_one_stuck() -> Obj | None:
+        wi = get(cluster, ns, "wasminference", "half")
+        st = (wi or {}).get("status") or {}
+        return wi if st.get("readyReplicas") == 1 and cond(wi, "Scheduled").get("status") == "False" else None
+
+    wi = cluster.wait_until(one_ready_one_stuck, 60, "1 of 2 replicas ready, 1 unschedulable")
+    assert wi["status"]["phase"] == "Degraded"
+    assert (cond(wi, "Degraded")["status"], cond(wi, "Degraded")["reason"]) == ("True", "InsufficientGPU")
+    assert cond(wi, "Ready")["status"] == "False" and "1/2 replicas ready" in cond(wi, "Ready")["message"]
+
+
+def test_mig_slice_schedules_on_a_tainted_mig_node(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:
+    # MIG nodes carry the nvidia.com/gpu taint, not one named after the slice resource.
+    cluster.apply(wasminference("slice", gpu={"resourceName": "nvidia.com/mig-1g.10gb"}), namespace=ns)
+    wi = wait_ready(cluster, ns, "slice")
+    [pod] = (get(cluster, ns, "pods", "-l", "kwasi.dev/wasminference=slice") or {})["items"]
+    assert pod["spec"]["nodeName"] == "kwok-gpu-a100-mig"
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": "1"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert "kwok-gpu-a100-mig" in cond(wi, "Scheduled")["message"]
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -226,6 +255,7 @@ def test_missing_configmap_reported_then_retried(cluster: Cluster, operator: Ope
 
     wi = cluster.wait_until(failed, 30, "Degraded=ConfigMapNotFound")
     assert wi["status"]["phase"] == "Failed" and cond(wi, "Degraded")["status"] == "True"
+    assert "endpoint" not in wi["status"]  # no Service: nothing to advertise
     assert f"{ns}/app does not exist" in cond(wi, "Ready")["message"]
     assert get(cluster, ns, "deployment", "fromcm") is None  # no stuck pods for a spec that cannot work
     assert "ConfigMapNotFound" in reasons(cluster, ns, "fromcm")
@@ -234,6 +264,7 @@ def test_missing_configmap_reported_then_retried(cluster: Cluster, operator: Ope
     cluster.kubectl("-n", ns, "create", "configmap", "app", "--from-literal=app.wasm=not-really-wasm")
     wi = wait_ready(cluster, ns, "fromcm", timeout=60)
     assert cond(wi, "Degraded")["status"] == "False"
+    assert wi["status"]["endpoint"] == f"fromcm.{ns}.svc.cluster.local:8080"
     assert "Resolved" in reasons(cluster, ns, "fromcm")
 
 
@@ -297,14 +328,22 @@ def _monitor_crd(plural: str) -> Obj:
 def test_restart_resumes_without_duplicate_work(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:
     cluster.apply(wasminference("steady", replicas=2), namespace=ns)
     wait_ready(cluster, ns, "steady")
+    wi_before = settled(cluster, ns, "steady")
     before = {kind: (get(cluster, ns, kind, "steady") or {})["metadata"] for kind in ("deployment", "service", "pdb")}
-    wi_before = get(cluster, ns, "wasminference", "steady") or {}
     created_events = reasons(cluster, ns, "steady").count("Created")
+    events_before = len(events(cluster, ns, "steady"))
 
     operator.restart()
     cluster.wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="resume"}' in operator.metrics(),
                        30, "resume handled after restart")
-    wait_ready(cluster, ns, "steady")
+    cluster.wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="resync"}' in operator.metrics(),
+                       30, "a resync pass after restart")
+    time.sleep(1.5)  # longer than the status coalescing window: a status write would have happened by now
+    # Nothing changed, so nothing is written: not the status, not one condition's lastTransitionTime.
+    wi_restarted = get(cluster, ns, "wasminference", "steady") or {}
+    assert wi_restarted["metadata"]["resourceVersion"] == wi_before["metadata"]["resourceVersion"]
+    assert wi_restarted["status"] == wi_before["status"]
+    assert len(events(cluster, ns, "steady")) == events_before
     after = {kind: (get(cluster, ns, kind, "steady") or {})["metadata"] for kind in ("deployment", "service", "pdb")}
     for kind, meta in before.items():  # same objects, not re-written (a no-op apply keeps resourceVersion)
         assert (after[kind]["uid"], after[kind]["resourceVersion"]) == (meta["uid"], meta["resourceVersion"]), kind
@@ -326,6 +365,21 @@ def test_restart_resumes_without_duplicate_work(cluster: Cluster, operator: Oper
     cluster.wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="update"}' in operator.metrics()
                        or None, 20, "the update reconcile done")  # it goes on after the Deployment apply
     cluster.wait_until(lambda: "Updated" in reasons(cluster, ns, "steady") or None, 20, "Updated event")
+
+
+def settled(cluster: Cluster, ns: str, name: str, quiet_s: float = 3.0) -> Obj:
+    """The object once its resourceVersion has not changed for ``quiet_s`` (status fully published)."""
+    last, since = None, time.monotonic()
+    deadline = since + 60
+    while time.monotonic() < deadline:
+        wi = get(cluster, ns, "wasminference", name) or {}
+        rv = wi.get("metadata", {}).get("resourceVersion")
+        if rv != last:
+            last, since = rv, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return wi
+        time.sleep(0.25)
+    raise AssertionError(f"{ns}/{name} kept changing")
 
 
 def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: OperatorProcess) -> None:

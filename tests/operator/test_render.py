@@ -52,6 +52,8 @@ def test_mig_slice_and_user_scheduling_are_kept() -> None:
                                "nodeSelectorTerms": [user_term]}}}}}
     p = pod(spec)
     assert p["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1}
+    # MIG nodes are tainted nvidia.com/gpu like any GPU node; the slice's own name is tolerated as well.
+    assert [t["key"] for t in p["tolerations"]] == ["dedicated", "nvidia.com/gpu", "nvidia.com/mig-1g.10gb"]
     assert p["runtimeClassName"] == "nvidia" and p["nodeSelector"] == {"pool": "gpu"}
     assert {"key": "dedicated", "operator": "Exists"} in p["tolerations"]
     exprs = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][

@@ -9,6 +9,7 @@ from kwasi_operator.render.volumes import PodFiles, container_security, model_fi
 from kwasi_operator.spec import DEFAULT_RUNTIME_IMAGE, GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, Obj, Spec
 
 RUNTIME_UID = 10001
+GPU_TAINT = "nvidia.com/gpu"
 
 
 def runtime_args(spec: Spec, module_path: str, model_paths: list[str]) -> list[str]:
@@ -50,9 +51,12 @@ def _scheduling(spec: Spec) -> Obj:
     tolerations = list(sched.get("tolerations", []))
     affinity = json.loads(json.dumps(sched.get("affinity", {})))  # deep copy: we add to it
     if spec.gpu is not None:
-        gpu_toleration = {"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"}
-        if gpu_toleration not in tolerations:
-            tolerations.append(gpu_toleration)
+        # GPU nodes carry the nvidia.com/gpu taint whatever they advertise (MIG slices too); a taint named
+        # after another resource (what the ExtendedResourceToleration admission plugin tolerates) is kept.
+        for key in dict.fromkeys((GPU_TAINT, spec.gpu.resource_name)):
+            gpu_toleration = {"key": key, "operator": "Exists", "effect": "NoSchedule"}
+            if gpu_toleration not in tolerations:
+                tolerations.append(gpu_toleration)
         if spec.gpu.product:
             node_selector[GPU_PRODUCT_LABEL] = spec.gpu.product
         if spec.gpu.memory_mib:
