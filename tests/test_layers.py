@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "kwasi_runtime": 7,
     # operator: the spec and what is rendered from it, then API access, then reconciling, then the process
     "kwasi_operator.spec": 0,
+    "kwasi_operator.kinds": 0,
     "kwasi_operator.metrics": 0,
     "kwasi_operator.pod_failures": 0,
     "kwasi_operator.status": 1,
