@@ -20,7 +20,7 @@ from kubernetes.aio import watch as k8s_watch
 from kubernetes.aio.client.exceptions import ApiException
 
 from kwasi_operator import kinds
-from kwasi_operator.render import render
+from kwasi_operator.render import deployment as render_deployment
 from kwasi_operator.spec import FIELD_MANAGER, Obj, Spec
 
 IN_FLIGHT = 32
@@ -36,7 +36,7 @@ async def main() -> None:
 
     async def deploy(obj: Obj) -> None:
         meta = obj["metadata"]
-        deployment = render(meta["name"], meta["namespace"], Spec.parse(obj["spec"]))[0]
+        deployment = render_deployment(meta["name"], meta["namespace"], Spec.parse(obj["spec"]))
         deployment["metadata"]["ownerReferences"] = [{
             "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"], "uid": meta["uid"],
             "controller": True, "blockOwnerDeletion": True}]

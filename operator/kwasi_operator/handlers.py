@@ -68,6 +68,9 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> st.Key | Non
 
 
 def _established(body: Mapping[str, Any]) -> bool:
+    """Whether objects of the CRD's kind can be written: established and not being deleted."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     conds = (body.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conds)
 
@@ -121,6 +124,11 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
         key = _owner_key(namespace, labels)
         return {key: True} if key else None
 
+    @kopf.index("", "v1", "persistentvolumeclaims", id="kwasi_claims", labels=MANAGED_BY, registry=registry)
+    async def kwasi_claims(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        key = _owner_key(namespace, labels)
+        return {key: st.ClaimInfo.from_body(body)} if key else None
+
     @kopf.index(*wasminferences, id="kwasi_objects", registry=registry)
     async def kwasi_objects(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): _snapshot(body)} if namespace and name else None
@@ -133,8 +141,8 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
         return {name: _established(body)}
 
     def bind(kw: Mapping[str, Any]) -> None:
-        op.indices = Indices(kw["kwasi_deployments"], kw["kwasi_pods"], kw["kwasi_services"], kw["kwasi_objects"],
-                             kw["kwasi_crds"])
+        op.indices = Indices(kw["kwasi_deployments"], kw["kwasi_pods"], kw["kwasi_services"], kw["kwasi_claims"],
+                             kw["kwasi_objects"], kw["kwasi_crds"])
         if op.resync_task is None:  # started from a handler: its context carries kopf's event poster
             op.resync_task = asyncio.create_task(resync_loop(op))
 
@@ -153,7 +161,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
             if key is None:
                 return
             drift.child_event(op, key, kind.kind, type, body)
-            if kind in (kinds.DEPLOYMENT, kinds.SERVICE):  # what status is computed from
+            if kind in (kinds.DEPLOYMENT, kinds.SERVICE, kinds.PERSISTENT_VOLUME_CLAIM):  # what status shows
                 publish_soon(op, key)
 
     for child in kinds.CHILDREN:

@@ -45,10 +45,14 @@ POD_DISRUPTION_BUDGET = Kind("PodDisruptionBudget", "policy", "v1", "poddisrupti
 HORIZONTAL_POD_AUTOSCALER = Kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers")
 SERVICE_MONITOR = Kind("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors", crd=True)
 POD_MONITOR = Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", crd=True)
+SCALED_OBJECT = Kind("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects", crd=True)
+INFERENCE_POOL = Kind("InferencePool", "inference.networking.k8s.io", "v1", "inferencepools", crd=True)
 
-# What a WasmInference may own, in apply order: the Deployment first (pods start sooner).
-CHILDREN = (DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, HORIZONTAL_POD_AUTOSCALER, SERVICE_MONITOR, POD_MONITOR)
-BY_KIND = {k.kind: k for k in (*CHILDREN, WASM_INFERENCE, POD, CONFIG_MAP, PERSISTENT_VOLUME_CLAIM)}
+# What a WasmInference may own, in apply order: what the pods mount, then the Deployment (pods start
+# sooner), then the rest.
+CHILDREN = (PERSISTENT_VOLUME_CLAIM, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, HORIZONTAL_POD_AUTOSCALER,
+            SCALED_OBJECT, SERVICE_MONITOR, POD_MONITOR, INFERENCE_POOL)
+BY_KIND = {k.kind: k for k in (*CHILDREN, WASM_INFERENCE, POD, CONFIG_MAP)}
 # Children only some specs ask for (so they may have to be removed again): all but Deployment and Service.
 OPTIONAL = tuple(k for k in CHILDREN if k not in (DEPLOYMENT, SERVICE))
 # The CRDs whose presence decides what is rendered.

@@ -1,5 +1,6 @@
 """A typed view of a WasmInference spec. The CRD (crds/kwasi.dev_wasminferences.yaml) validates and
-defaults it; this only gives the renderer names instead of dict lookups."""
+defaults it; this only gives the renderer names instead of dict lookups, and the defaults that depend on
+other fields (rollout, termination grace)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ AUTOSCALING_METRICS = {
     "requestsRunning": "kwasi_requests_running",
     "tokensPerSecond": "kwasi_generation_tokens_per_second",
     "queue": "kwasi_requests_waiting",
+    "kvCacheUsage": "kwasi_kv_cache_usage_ratio",  # 0-1 per model; `target` is in percent
 }
+PRESTOP_SLEEP_S = 5  # before SIGTERM: the endpoint leaves the Service before the runtime stops accepting
+EXIT_MARGIN_S = 10  # after the runtime's drain: time to cancel what is left and exit
 
 Obj = dict[str, Any]
 
@@ -46,6 +50,15 @@ class Gpu:
     resource_name: str
     product: str | None
     memory_mib: int | None
+    products: tuple[str, ...] = ()  # any of these (node affinity), beside or instead of `product`
+
+
+@dataclass(frozen=True)
+class Keda:
+    server_address: str | None
+    query: str | None
+    polling_s: int
+    cooldown_s: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,34 @@ class Autoscaling:
     max_replicas: int
     metric: str
     target: int
+    engine: str = "Auto"  # Auto (KEDA when installed and configured, else HPA) | HPA | KEDA
+    activation: int = 0  # KEDA: scale from zero above this value of the metric
+    keda: Keda | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    strategy: str  # RollingUpdate | Recreate
+    max_surge: int | str
+    max_unavailable: int | str
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    """A volume shared by the replicas for downloaded (url) models: each file is fetched once."""
+
+    claim_name: str | None  # an existing claim; else the operator creates <name>-model-cache
+    size: str | None
+    storage_class: str | None
+    access_mode: str
+
+
+@dataclass(frozen=True)
+class InferencePool:
+    picker_name: str
+    picker_port: int
+    failure_mode: str
+    model: str | None
 
 
 @dataclass(frozen=True)
@@ -68,45 +109,110 @@ class Spec:
     max_concurrency: int
     max_queue: int
     timeout_s: int
+    drain_s: int = 30
+    startup_s: int = 900
+    rollout: Rollout = Rollout("RollingUpdate", 0, 1)
+    termination_grace_s: int = 45
+    model_cache: ModelCache | None = None
+    inference_pool: InferencePool | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> Spec:
-        models = tuple(_model(m) for m in spec.get("models", []))
-        gpu_raw = spec.get("gpu")
-        gpu = None
-        if gpu_raw is not None:
-            gpu = Gpu(
-                count=int(gpu_raw.get("count", 1)),
-                resource_name=gpu_raw.get("resourceName", "nvidia.com/gpu"),
-                product=gpu_raw.get("product"),
-                memory_mib=gpu_raw.get("memoryMiB"),
-            )
-        auto_raw = spec.get("autoscaling")
-        autoscaling = None
-        if auto_raw is not None:
-            autoscaling = Autoscaling(
-                min_replicas=int(auto_raw.get("minReplicas", 1)),
-                max_replicas=int(auto_raw["maxReplicas"]),
-                metric=auto_raw.get("metric", "requestsRunning"),
-                target=int(auto_raw.get("target", 4)),
-            )
+        gpu = _gpu(spec.get("gpu"))
         server = spec.get("server", {})
+        drain_s = int(server.get("drainSeconds", 30))
         return cls(
             raw=spec,
             module=spec["module"],
-            models=models,
+            models=tuple(_model(m) for m in spec.get("models", [])),
             replicas=int(spec.get("replicas", 1)),
             gpu=gpu,
-            autoscaling=autoscaling,
+            autoscaling=_autoscaling(spec.get("autoscaling")),
             port=int(server.get("port", 8080)),
             max_concurrency=int(server.get("maxConcurrency", 8)),
             max_queue=int(server.get("maxQueue", 64)),
             timeout_s=int(server.get("timeoutSeconds", 300)),
+            drain_s=drain_s,
+            startup_s=int(server.get("startupSeconds", 900)),
+            rollout=_rollout(spec.get("rollout") or {}, gpu is not None),
+            termination_grace_s=int(spec.get("terminationGracePeriodSeconds")
+                                    or PRESTOP_SLEEP_S + drain_s + EXIT_MARGIN_S),
+            model_cache=_model_cache(spec.get("modelCache")),
+            inference_pool=_inference_pool(spec.get("inferencePool")),
         )
 
     def section(self, name: str) -> Mapping[str, Any]:
         value = self.raw.get(name)
         return value if isinstance(value, Mapping) else {}
+
+
+def _gpu(raw: Mapping[str, Any] | None) -> Gpu | None:
+    if raw is None:
+        return None
+    return Gpu(
+        count=int(raw.get("count", 1)),
+        resource_name=raw.get("resourceName", "nvidia.com/gpu"),
+        product=raw.get("product"),
+        memory_mib=raw.get("memoryMiB"),
+        products=tuple(raw.get("products") or ()),
+    )
+
+
+def _autoscaling(raw: Mapping[str, Any] | None) -> Autoscaling | None:
+    if raw is None:
+        return None
+    keda_raw = raw.get("keda")
+    keda = None
+    if keda_raw is not None:
+        keda = Keda(
+            server_address=keda_raw.get("serverAddress"),
+            query=keda_raw.get("query"),
+            polling_s=int(keda_raw.get("pollingIntervalSeconds", 15)),
+            cooldown_s=int(keda_raw.get("cooldownSeconds", 300)),
+        )
+    return Autoscaling(
+        min_replicas=int(raw.get("minReplicas", 1)),
+        max_replicas=int(raw["maxReplicas"]),
+        metric=raw.get("metric", "requestsRunning"),
+        target=int(raw.get("target", 4)),
+        engine=raw.get("engine", "Auto"),
+        activation=int(raw.get("activationTarget", 0)),
+        keda=keda,
+    )
+
+
+def _rollout(raw: Mapping[str, Any], gpu: bool) -> Rollout:
+    # On a GPU pool a surge pod waits for a GPU the old pod holds: replace in place by default (one
+    # replica at a time, no spare GPU). Without GPUs: surge one first, so serving never dips.
+    surge, unavailable = (0, 1) if gpu else (1, 0)
+    return Rollout(
+        strategy=raw.get("strategy", "RollingUpdate"),
+        max_surge=raw.get("maxSurge", surge),
+        max_unavailable=raw.get("maxUnavailable", unavailable),
+    )
+
+
+def _model_cache(raw: Mapping[str, Any] | None) -> ModelCache | None:
+    if raw is None:
+        return None
+    return ModelCache(
+        claim_name=raw.get("claimName"),
+        size=raw.get("size"),
+        storage_class=raw.get("storageClassName"),
+        access_mode=raw.get("accessMode", "ReadWriteMany"),
+    )
+
+
+def _inference_pool(raw: Mapping[str, Any] | None) -> InferencePool | None:
+    if raw is None:
+        return None
+    picker = raw["endpointPicker"]
+    return InferencePool(
+        picker_name=picker["name"],
+        picker_port=int(picker.get("port", 9002)),
+        failure_mode=picker.get("failureMode", "FailClose"),
+        model=raw.get("model"),
+    )
 
 
 def _model(raw: Mapping[str, Any]) -> Model:

@@ -69,6 +69,27 @@ class PodInfo:
 
 
 @dataclass(frozen=True)
+class ClaimInfo:
+    """The model cache's PersistentVolumeClaim as the cluster reports it."""
+
+    name: str
+    phase: str
+    capacity: str | None  # once bound
+    requested: str | None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ClaimInfo:
+        st = body.get("status") or {}
+        spec = body.get("spec") or {}
+        return cls(
+            name=body.get("metadata", {}).get("name", ""),
+            phase=st.get("phase", "Pending"),
+            capacity=(st.get("capacity") or {}).get("storage"),
+            requested=((spec.get("resources") or {}).get("requests") or {}).get("storage"),
+        )
+
+
+@dataclass(frozen=True)
 class Problem:
     """Why the spec cannot be realised right now (reported, then retried with backoff)."""
 
@@ -85,6 +106,7 @@ class Desired:
     selector: str
     endpoint: str | None
     gpu_resource: str | None
+    cache_path: str | None = None  # where the replicas mount the model cache
 
 
 def endpoint(name: str, namespace: str, port: int) -> str:
@@ -127,6 +149,7 @@ def compute(
     pods: Sequence[PodInfo],
     problem: Problem | None,
     service: bool = True,
+    cache: ClaimInfo | None = None,
 ) -> tuple[str, Obj, list[Obj]]:
     """(phase, status fields without conditions, conditions without timestamps).
 
@@ -147,6 +170,10 @@ def compute(
     }
     if desired.endpoint and service:  # only while the Service exists: an endpoint must be reachable
         fields["endpoint"] = desired.endpoint
+    if desired.cache_path and cache is not None:
+        size = cache.capacity or cache.requested
+        fields["modelCache"] = {"claimName": cache.name, "path": desired.cache_path, "phase": cache.phase,
+                                **({"size": size} if size else {})}
 
     stuck = [p for p in pods if p.phase == "Pending" and p.unschedulable]
     if stuck:
@@ -210,9 +237,10 @@ def build(
     problem: Problem | None,
     old_conditions: Iterable[Mapping[str, Any]] = (),
     service: bool = True,
+    cache: ClaimInfo | None = None,
 ) -> Obj:
     """The full ``status`` object."""
-    phase, fields, conds = compute(desired, deployment, pods, problem, service)
+    phase, fields, conds = compute(desired, deployment, pods, problem, service, cache)
     return {"phase": phase, **fields, "conditions": with_transition_times(conds, old_conditions, desired.generation)}
 
 

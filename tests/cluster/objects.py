@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,3 +99,36 @@ def namespace(cluster: Cluster, prefix: str = "op") -> Iterator[str]:
 def uid(cluster: Cluster, ns: str, *what: str) -> str | None:
     obj = get(cluster, ns, *what)
     return obj["metadata"]["uid"] if obj else None
+
+
+REPO = Path(__file__).resolve().parents[2]
+EXTRA_CRDS = REPO / "hack" / "cluster" / "extra-crds.sh"
+
+
+@contextlib.contextmanager
+def extra_crd(cluster: Cluster, which: str) -> Iterator[str]:
+    """Another project's CRD (hack/cluster/extra-crds.sh: from its Go module), installed for the block and
+    deleted after it (with every object of that kind); yields the CRD's name."""
+    path = subprocess.run([str(EXTRA_CRDS), which], capture_output=True, text=True, check=True, timeout=900,
+                          env=cluster.env).stdout.strip()
+    name = cluster.kubectl("apply", "--server-side", "-f", path, "-o", "name").stdout.strip().split("/")[-1]
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd", name, "-o", "json").stdout)
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or [])
+
+    try:
+        cluster.wait_until(established, 30, f"CRD {name} Established")
+        yield name
+    finally:
+        cluster.kubectl("delete", "crd", name, "--wait=true", check=False, timeout=120)
+
+
+def wait_for(cluster: Cluster, ns: str, what: str, name: str, test: Callable[[Obj], bool], timeout: float,
+             description: str) -> Obj:
+    """Poll ``kubectl get WHAT NAME`` until ``test`` holds for it."""
+    def check() -> Obj | None:
+        obj = get(cluster, ns, what, name)
+        return obj if obj is not None and test(obj) else None
+
+    return cluster.wait_until(check, timeout, description, interval=0.2)

@@ -3,13 +3,32 @@ refusals of a child mean for the user."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from kwasi_operator import status as st
 from kwasi_operator.kube import ApiError, Kube
 from kwasi_operator.spec import Spec
 
 
-async def preflight(kube: Kube, namespace: str, spec: Spec) -> st.Problem | None:
-    """What the spec refers to in the namespace and must exist before pods can start."""
+async def preflight(kube: Kube, namespace: str, spec: Spec,
+                    available: Collection[str]) -> tuple[st.Problem | None, st.ClaimInfo | None]:
+    """What the spec refers to and must exist before pods can start; and the user's own cache claim."""
+    claim = None
+    cache = spec.model_cache
+    if cache is not None and cache.claim_name:
+        body = await kube.get("PersistentVolumeClaim", cache.claim_name, namespace)
+        if body is None:
+            return st.Problem("PersistentVolumeClaimNotFound", f"spec.modelCache: PersistentVolumeClaim "
+                                                               f"{namespace}/{cache.claim_name} does not exist"), None
+        claim = st.ClaimInfo.from_body(body)
+    return await _missing(kube, namespace, spec, available), claim
+
+
+async def _missing(kube: Kube, namespace: str, spec: Spec, available: Collection[str]) -> st.Problem | None:
+    auto = spec.autoscaling
+    if auto is not None and auto.engine == "KEDA" and "ScaledObject" not in available:
+        return st.Problem("KEDANotInstalled", "spec.autoscaling.engine is KEDA, but the cluster has no "
+                                              "scaledobjects.keda.sh CRD (install KEDA, or use engine Auto or HPA)")
     cm = spec.module.get("configMap")
     if cm:
         has_key = await kube.configmap_has_key(cm["name"], cm["key"], namespace)

@@ -39,8 +39,9 @@ async def publish(op: Operator, key: st.Key) -> None:
     deployment = next(iter(op.indices.deployments.get(key, ())), None)
     pods = list(op.indices.pods.get(key, []))
     service = key in op.indices.services
+    cache = next(iter(op.indices.claims.get(key, ())), None) or obj.cache_claim
     before = obj.published
-    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service)
+    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service, cache)
     if st.same(before, new):
         return
     try:

@@ -19,7 +19,8 @@ from kwasi_operator.control.problems import namespace_terminating, preflight, re
 from kwasi_operator.control.publish import publish, publish_soon
 from kwasi_operator.control.state import MAX_BACKOFF_S, Operator, Retry, Version, backoff, log
 from kwasi_operator.kube import ApiError
-from kwasi_operator.render import render, selector_string
+from kwasi_operator.render import child_name, render, selector_string
+from kwasi_operator.render.volumes import CACHE_DIR
 from kwasi_operator.spec import Obj, Spec
 
 
@@ -60,6 +61,7 @@ def desired(spec: Spec, name: str, namespace: str, generation: int) -> st.Desire
         selector=selector_string(name),
         endpoint=st.endpoint(name, namespace, spec.port),
         gpu_resource=spec.gpu.resource_name if spec.gpu else None,
+        cache_path=CACHE_DIR if spec.model_cache else None,
     )
 
 
@@ -73,11 +75,12 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         obj.published = copy.deepcopy(dict(body.get("status") or {})) or None
     obj.desired = desired(spec, name, namespace, int(body["metadata"].get("generation") or 0))
 
-    problem = await preflight(kube, namespace, spec)
+    available = op.available()
+    problem, obj.cache_claim = await preflight(kube, namespace, spec, available)
     if problem is not None:
         await _fail(op, key, problem)
 
-    manifests = render(name, namespace, spec, op.available())
+    manifests = render(name, namespace, spec, available)
     kopf.append_owner_reference(manifests, owner=cast(kopf.Body, body))
     before = dict(obj.seen or {})
     seen = obj.seen = obj.seen or {}
@@ -88,9 +91,12 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         live[child["kind"]] = seen[child["kind"]] = version(child)  # at once: its watch event is an echo
 
     try:
-        # The Deployment first (pods start sooner); then the rest together.
-        await apply(manifests[0])
-        await asyncio.gather(*(apply(m) for m in manifests[1:]))
+        # One by one up to the Deployment (what its pods mount exists before them; pods start sooner than
+        # with everything at once), then the rest together.
+        first = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment") + 1
+        for manifest in manifests[:first]:
+            await apply(manifest)
+        await asyncio.gather(*(apply(m) for m in manifests[first:]))
     except ApiError as e:
         if namespace_terminating(e):  # the object goes with its namespace: nothing to report, nothing to fix
             raise Retry(f"namespace {namespace} is being deleted", delay=MAX_BACKOFF_S) from e
@@ -138,8 +144,9 @@ async def _prune(op: Operator, key: st.Key, wanted: set[str], trigger: str) -> N
     candidates = {k for k in candidates if not kinds.BY_KIND[k].crd or k in available}  # no type, no such child
     for kind in sorted(candidates):
         (obj.seen or {}).pop(kind, None)  # from now on its watch events are not drift
-        if await op.client().delete_if_present(kind, name, namespace):
-            op.event(key, "Normal", "Pruned", f"deleted {kind} {name}: the spec no longer asks for it")
+        child = child_name(kind, name)
+        if await op.client().delete_if_present(kind, child, namespace):
+            op.event(key, "Normal", "Pruned", f"deleted {kind} {child}: the spec no longer asks for it")
     obj.applied = frozenset(wanted)
 
 

@@ -63,6 +63,7 @@ class Tracked:
     applied: frozenset[str] | None = None  # kinds applied last time (what pruning compares against)
     seen: dict[str, Version] | None = None  # kind -> version of each child as last applied or watched
     drifted: dict[str, Version] = field(default_factory=dict)  # kind -> version someone else made (or GONE)
+    cache_claim: st.ClaimInfo | None = None  # a model cache on the user's own claim, as last read
     publishing: asyncio.Task[None] | None = None  # a debounced status publish, while one is pending
 
 
@@ -73,6 +74,7 @@ class Indices:
     deployments: kopf.Index[st.Key, st.DeploymentInfo]
     pods: kopf.Index[st.Key, st.PodInfo]
     services: kopf.Index[st.Key, bool]
+    claims: kopf.Index[st.Key, st.ClaimInfo]  # the model-cache claims the operator made
     objects: kopf.Index[st.Key, Obj]  # the WasmInferences themselves (snapshots), for the resync loop
     crds: kopf.Index[str, bool]  # name of another project's CRD we render for -> Established
 

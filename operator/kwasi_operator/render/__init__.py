@@ -1,9 +1,10 @@
-"""Render the children of a WasmInference: Deployment, Service, PodDisruptionBudget, HPA, monitors.
+"""Render the children of a WasmInference: the model-cache claim, Deployment, Service, PodDisruptionBudget,
+HPA or KEDA ScaledObject, monitors, InferencePool.
 
 Pure functions from (name, namespace, spec) to manifests, applied with server-side apply; owner
 references are added by the caller. One module per concern: ``meta`` (names, labels), ``volumes``
-(module and model sources), ``pod`` (the Deployment), ``scaling`` (PDB, HPA), ``serving`` (Service,
-monitors).
+(module and model sources, the model cache), ``scheduling`` (where pods may run), ``pod`` (the
+Deployment), ``scaling`` (PDB, HPA, ScaledObject), ``serving`` (Service, monitors, InferencePool).
 """
 
 from __future__ import annotations
@@ -11,24 +12,38 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from kwasi_operator import kinds
-from kwasi_operator.render.meta import INSTANCE_LABEL, MANAGED_BY, labels, selector, selector_string
+from kwasi_operator.render.meta import INSTANCE_LABEL, MANAGED_BY, child_name, labels, selector, selector_string
 from kwasi_operator.render.pod import deployment, runtime_args
-from kwasi_operator.render.scaling import horizontal_pod_autoscaler, pod_disruption_budget
-from kwasi_operator.render.serving import monitors, service
+from kwasi_operator.render.scaling import (
+    horizontal_pod_autoscaler,
+    pod_disruption_budget,
+    prometheus_query,
+    scaled_object,
+    uses_keda,
+)
+from kwasi_operator.render.serving import endpoint_picker_flags, inference_pool, monitors, service
+from kwasi_operator.render.volumes import cache_claim_name, model_cache_claim
 from kwasi_operator.spec import Obj, Spec
 
 __all__ = [
-    "INSTANCE_LABEL", "MANAGED_BY", "deployment", "horizontal_pod_autoscaler", "labels", "monitors",
-    "pod_disruption_budget", "render", "runtime_args", "selector", "selector_string", "service",
+    "INSTANCE_LABEL", "MANAGED_BY", "cache_claim_name", "child_name", "deployment", "endpoint_picker_flags",
+    "horizontal_pod_autoscaler", "inference_pool", "labels", "model_cache_claim", "monitors",
+    "pod_disruption_budget", "prometheus_query", "render", "runtime_args", "scaled_object", "selector",
+    "selector_string", "service", "uses_keda",
 ]
 
 
 def render(name: str, namespace: str, spec: Spec, available: Collection[str] = ()) -> list[Obj]:
-    """Every child the spec asks for, in apply order. ``available``: kinds from other projects' CRDs that
-    are installed (a child of another kind is left out)."""
-    children = [deployment(name, namespace, spec), service(name, namespace, spec)]
-    for optional in (pod_disruption_budget(name, namespace, spec), horizontal_pod_autoscaler(name, namespace, spec)):
-        if optional is not None:
-            children.append(optional)
-    children += monitors(name, namespace, spec)
-    return [c for c in children if not kinds.BY_KIND[c["kind"]].crd or c["kind"] in available]
+    """Every child the spec asks for, in apply order (kinds.CHILDREN). ``available``: kinds from other
+    projects' CRDs that are installed (a child of another such kind is left out)."""
+    keda = uses_keda(spec, available)
+    children = [
+        model_cache_claim(name, namespace, spec),
+        deployment(name, namespace, spec),
+        service(name, namespace, spec),
+        pod_disruption_budget(name, namespace, spec),
+        scaled_object(name, namespace, spec) if keda else horizontal_pod_autoscaler(name, namespace, spec),
+        *monitors(name, namespace, spec),
+        inference_pool(name, namespace, spec),
+    ]
+    return [c for c in children if c is not None and (not kinds.BY_KIND[c["kind"]].crd or c["kind"] in available)]

@@ -27,3 +27,9 @@ def selector_string(name: str) -> str:
 
 def meta(name: str, namespace: str) -> Obj:
     return {"name": name, "namespace": namespace, "labels": labels(name)}
+
+
+def child_name(kind: str, name: str) -> str:
+    """Every child is named after its WasmInference, but the cache claim: a user's own PVC may well carry
+    the app's name (its models), and applying over it would take it over."""
+    return f"{name}-model-cache" if kind == "PersistentVolumeClaim" else name

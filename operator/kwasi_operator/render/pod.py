@@ -1,15 +1,22 @@
-"""The Deployment: one kwasi-runtime container per pod, hardened, with GPU scheduling from spec.gpu."""
+"""The Deployment: one kwasi-runtime container per pod, hardened, with GPU scheduling from spec.gpu, a
+rollout that needs no spare GPU, a termination grace that covers the runtime's drain, a startup probe
+sized for model load, and the user's escape hatches (volumes, env from Secrets, …)."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 
 from kwasi_operator.render.meta import labels, meta, selector
-from kwasi_operator.render.volumes import PodFiles, container_security, model_files, module_files
-from kwasi_operator.spec import DEFAULT_RUNTIME_IMAGE, GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, Obj, Spec
+from kwasi_operator.render.scheduling import scheduling
+from kwasi_operator.render.volumes import PodFiles, cache_claim_name, container_security, model_files, module_files
+from kwasi_operator.spec import DEFAULT_RUNTIME_IMAGE, PRESTOP_SLEEP_S, Obj, Spec
 
 RUNTIME_UID = 10001
-GPU_TAINT = "nvidia.com/gpu"
+PROBE_PERIOD_S = 10
+# A Deployment is "failed to progress" after this long without progress: more than a model may take to load.
+PROGRESS_MARGIN_S = 300
 
 
 def runtime_args(spec: Spec, module_path: str, model_paths: list[str]) -> list[str]:
@@ -20,6 +27,7 @@ def runtime_args(spec: Spec, module_path: str, model_paths: list[str]) -> list[s
         "--max-concurrency", str(spec.max_concurrency),
         "--max-queue", str(spec.max_queue),
         "--timeout", str(spec.timeout_s),
+        "--grace-period", str(spec.drain_s),
     ]
     for model, path in zip(spec.models, model_paths, strict=True):
         args += ["--nn-preload", f"{model.name}:{model.encoding}:{model.target}:{path}"]
@@ -44,42 +52,25 @@ def _resources(spec: Spec) -> Obj:
     return out
 
 
-def _scheduling(spec: Spec) -> Obj:
-    sched = spec.section("scheduling")
-    pod: Obj = {}
-    node_selector = dict(sched.get("nodeSelector", {}))
-    tolerations = list(sched.get("tolerations", []))
-    affinity = json.loads(json.dumps(sched.get("affinity", {})))  # deep copy: we add to it
-    if spec.gpu is not None:
-        # GPU nodes carry the nvidia.com/gpu taint whatever they advertise (MIG slices too); a taint named
-        # after another resource (what the ExtendedResourceToleration admission plugin tolerates) is kept.
-        for key in dict.fromkeys((GPU_TAINT, spec.gpu.resource_name)):
-            gpu_toleration = {"key": key, "operator": "Exists", "effect": "NoSchedule"}
-            if gpu_toleration not in tolerations:
-                tolerations.append(gpu_toleration)
-        if spec.gpu.product:
-            node_selector[GPU_PRODUCT_LABEL] = spec.gpu.product
-        if spec.gpu.memory_mib:
-            # Node affinity has only Gt: "at least N MiB" is "more than N-1".
-            expr = {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(spec.gpu.memory_mib - 1)]}
-            required = affinity.setdefault("nodeAffinity", {}).setdefault(
-                "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []}
-            )
-            terms = required.setdefault("nodeSelectorTerms", [])
-            if not terms:
-                terms.append({"matchExpressions": []})
-            for term in terms:  # terms are ORed, so each must carry the memory floor
-                term.setdefault("matchExpressions", []).append(expr)
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if affinity:
-        pod["affinity"] = affinity
-    for key in ("runtimeClassName", "priorityClassName"):
-        if sched.get(key):
-            pod[key] = sched[key]
-    return pod
+def _probes(spec: Spec) -> Obj:
+    """Liveness on /healthz (answers while models load); readiness on /readyz. The startup probe waits on
+    /readyz for up to server.startupSeconds, so liveness starts only once the models are loaded, and a load
+    that hangs longer is restarted."""
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 3}
+    ready = {**probe, "httpGet": {"path": "/readyz", "port": "http"}}
+    return {
+        "livenessProbe": probe,
+        "readinessProbe": {**ready, "periodSeconds": 5},
+        "startupProbe": {**ready, "failureThreshold": max(1, math.ceil(spec.startup_s / PROBE_PERIOD_S))},
+    }
+
+
+def _strategy(spec: Spec) -> Obj:
+    rollout = spec.rollout
+    if rollout.strategy == "Recreate":
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": rollout.max_unavailable}}
 
 
 def deployment(name: str, namespace: str, spec: Spec) -> Obj:
@@ -87,21 +78,23 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
     image = runtime.get("image") or DEFAULT_RUNTIME_IMAGE
     files = PodFiles()
     module_path = module_files(spec, image, files)
-    model_paths = [model_files(i, m, image, files) for i, m in enumerate(spec.models)]
+    claim = cache_claim_name(name, spec)
+    model_paths = [model_files(i, m, image, files, claim) for i, m in enumerate(spec.models)]
     files.add({"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"})
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
     container: Obj = {
         "name": "runtime",
         "image": image,
         "args": runtime_args(spec, module_path, model_paths),
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
-        "env": [{"name": "KWASI_CACHE_DIR", "value": "/tmp/kwasi-cache"}, *runtime.get("env", [])],
-        "volumeMounts": files.mounts,
-        "livenessProbe": probe,
-        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "startupProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "failureThreshold": 60},
+        "env": [{"name": "KWASI_CACHE_DIR", "value": "/tmp/kwasi-cache"}, *copy.deepcopy(runtime.get("env", []))],
+        "volumeMounts": [*files.mounts, *copy.deepcopy(spec.raw.get("volumeMounts", []))],
+        **_probes(spec),
+        # The endpoint leaves the Service before SIGTERM; then the runtime drains for server.drainSeconds.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
         "securityContext": container_security(),
     }
+    if runtime.get("envFrom"):
+        container["envFrom"] = copy.deepcopy(runtime["envFrom"])
     if runtime.get("imagePullPolicy"):
         container["imagePullPolicy"] = runtime["imagePullPolicy"]
     resources = _resources(spec)
@@ -110,7 +103,7 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
     pod_labels = {**spec.raw.get("podLabels", {}), **labels(name)}
     pod_spec: Obj = {
         "containers": [container],
-        "volumes": files.volumes,
+        "volumes": [*files.volumes, *copy.deepcopy(spec.raw.get("volumes", []))],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_UID,
@@ -119,7 +112,8 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "automountServiceAccountToken": False,
-        **_scheduling(spec),
+        "terminationGracePeriodSeconds": spec.termination_grace_s,
+        **scheduling(name, spec),
     }
     if files.inits:
         pod_spec["initContainers"] = files.inits
@@ -136,9 +130,11 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
         template_meta["annotations"] = dict(spec.raw["podAnnotations"])
     dep_spec: Obj = {
         "selector": {"matchLabels": selector(name)},
+        "strategy": _strategy(spec),
+        "progressDeadlineSeconds": max(600, spec.startup_s + PROGRESS_MARGIN_S),
         "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if spec.autoscaling is None:
-        # With autoscaling the HPA owns the replica count; applying one here would fight it.
+        # With autoscaling the HPA (or KEDA) owns the replica count; applying one here would fight it.
         dep_spec["replicas"] = spec.replicas
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, namespace), "spec": dep_spec}
