@@ -101,3 +101,19 @@ def test_an_existing_claim_shared_across_nodes(cluster: Cluster, operator: Opera
                                           "size": "50Gi"}
     assert get(cluster, ns, "pvc", "theirs-model-cache") is None  # the user's claim, no claim of its own
     assert all(claims_of(p) == {"shared"} for p in pods(cluster, ns, "theirs"))
+
+
+def test_a_claim_of_the_same_name_that_is_not_ours_is_never_pruned(cluster: Cluster, operator: OperatorProcess,
+                                                                    ns: str) -> None:
+    # The operator's cache claim would be "keep-model-cache"; this one is the user's (no owner reference).
+    cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "keep-model-cache"},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+                  namespace=ns)
+    uid = (get(cluster, ns, "pvc", "keep-model-cache") or {})["metadata"]["uid"]
+    cluster.apply(wasminference("keep"), namespace=ns)
+    wait_ready(cluster, ns, "keep")
+    operator.restart()  # first sight after a restart: everything optional not asked for is pruned...
+    cluster.wait_until(lambda: 'trigger="resume"' in operator.metrics(), 30, "resume after restart")
+    cluster.wait_until(lambda: 'kwasi_operator_reconciles_total{result="ok",trigger="resume"}' in operator.metrics(),
+                       30, "resume reconciled")
+    assert (get(cluster, ns, "pvc", "keep-model-cache") or {})["metadata"]["uid"] == uid  # ...but only its own

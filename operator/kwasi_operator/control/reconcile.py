@@ -145,7 +145,7 @@ async def _prune(op: Operator, key: st.Key, wanted: set[str], trigger: str) -> N
     for kind in sorted(candidates):
         (obj.seen or {}).pop(kind, None)  # from now on its watch events are not drift
         child = child_name(kind, name)
-        if await op.client().delete_if_present(kind, child, namespace):
+        if await op.client().delete_owned(kind, child, namespace, (obj.ref or {})["metadata"]["uid"]):
             op.event(key, "Normal", "Pruned", f"deleted {kind} {child}: the spec no longer asks for it")
     obj.applied = frozenset(wanted)
 

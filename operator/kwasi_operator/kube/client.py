@@ -69,13 +69,21 @@ class Kube:
         async with self.limiter.slot(prio):
             return await self._call("PATCH", kind.path(meta["namespace"], meta["name"]), manifest, query, APPLY)
 
-    async def delete_if_present(self, kind: str, name: str, namespace: str) -> bool:
+    async def delete_owned(self, kind: str, name: str, namespace: str, owner_uid: str) -> bool:
+        """Delete the child if it exists and ``owner_uid`` controls it (never an object of the same name that
+        someone else made, e.g. their own claim); returns whether it deleted."""
+        child = await self.get(kind, name, namespace)
+        owners = (child or {}).get("metadata", {}).get("ownerReferences") or []
+        if child is None or not any(o.get("uid") == owner_uid and o.get("controller") for o in owners):
+            return False
+        uid = child["metadata"]["uid"]
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
+                "preconditions": {"uid": uid}}  # the very object checked above
         try:
             async with self.limiter.slot(PRIO_CHILD):
-                await self._call("DELETE", kinds.BY_KIND[kind].path(namespace, name),
-                                 query=[("propagationPolicy", "Background")])
+                await self._call("DELETE", kinds.BY_KIND[kind].path(namespace, name), body)
         except ApiError as e:
-            if e.code == 404:  # gone already, or the resource type itself does not exist
+            if e.code in (404, 409):  # gone meanwhile, or replaced by another object of that name
                 return False
             raise
         return True
@@ -84,7 +92,7 @@ class Kube:
         try:
             return await self._call("GET", kinds.BY_KIND[kind].path(namespace, name))
         except ApiError as e:
-            if e.code == 404:
+            if e.code == 404:  # no such object, or the resource type itself does not exist
                 return None
             raise
 
