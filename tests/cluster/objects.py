@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
 
 if TYPE_CHECKING:
@@ -132,3 +134,23 @@ def wait_for(cluster: Cluster, ns: str, what: str, name: str, test: Callable[[Ob
         return obj if obj is not None and test(obj) else None
 
     return cluster.wait_until(check, timeout, description, interval=0.2)
+
+
+def operator_fixture(name: str, *args: str) -> Any:
+    """A module-scoped ``operator`` fixture: kwasi-operator started with ``args`` for the module's tests."""
+    @pytest.fixture(scope="module", name="operator")
+    def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+        with running_operator(cluster, tmp_path_factory.mktemp(name), *args) as op:
+            yield op
+
+    return operator
+
+
+def namespace_fixture(prefix: str) -> Any:
+    """An ``ns`` fixture: a fresh namespace per test."""
+    @pytest.fixture(name="ns")
+    def ns(cluster: Cluster) -> Iterator[str]:
+        with namespace(cluster, prefix) as made:
+            yield made
+
+    return ns

@@ -13,21 +13,27 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import SHA, children, cond, events, get, reasons, wait_ready, wasminference
+from cluster.objects import (
+    SHA,
+    children,
+    cond,
+    events,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    reasons,
+    wait_ready,
+    wasminference,
+)
 
 from kwasi_operator_dev.local import (
     NAMESPACE,
     SERVICE_ACCOUNT,
-    Kubectl,
     OperatorProcess,
-    install,
-    service_account_kubeconfig,
 )
 
 if TYPE_CHECKING:
@@ -39,26 +45,9 @@ MONITOR_CRDS = ("servicemonitors", "podmonitors")
 Obj = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    tmp = tmp_path_factory.mktemp("kwasi-operator")
-    kubectl = Kubectl(cluster.kubeconfig, cluster.kubectl_path, cluster.env)
-    install(kubectl)
-    kubeconfig = service_account_kubeconfig(kubectl, tmp / "operator.kubeconfig")
-    op = OperatorProcess(kubeconfig, tmp / "operator.log",
-                         ["--all-namespaces", "--resync-seconds", "2", "--backoff-seconds", "0.5"]).start()
-    try:
-        yield op
-    finally:
-        op.stop()
-        print(f"\nkwasi-operator log: {op.log_path}")
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    name = cluster.create_namespace(f"op-{uuid.uuid4().hex[:6]}")
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+# A 2 s resync and a short backoff keep the retry tests short.
+operator = operator_fixture("kwasi-operator", "--resync-seconds", "2", "--backoff-seconds", "0.5")
+ns = namespace_fixture("op")
 
 
 def test_gpu_inference_scheduled_on_matching_node_and_ready(cluster: Cluster, operator: OperatorProcess,

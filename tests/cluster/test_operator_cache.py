@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import SHA, Obj, get, namespace, running_operator, wait_for, wait_ready, wasminference
+from cluster.objects import SHA, Obj, get, namespace_fixture, operator_fixture, wait_for, wait_ready, wasminference
 
 from kwasi_operator_dev.local import OperatorProcess
 
@@ -19,16 +19,8 @@ if TYPE_CHECKING:
 URL_MODEL = [{"name": "default", "encoding": "ggml", "source": {"url": "https://models.invalid/m.gguf", "sha256": SHA}}]
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("cache"), "--resync-seconds", "600") as op:
-        yield op
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "cache") as name:
-        yield name
+operator = operator_fixture("cache", "--resync-seconds", "600")
+ns = namespace_fixture("cache")
 
 
 @pytest.fixture

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pytest
-from cluster.objects import events, get, namespace, running_operator, uid, wait_ready, wasminference
+from cluster.objects import (
+    cond,
+    events,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    uid,
+    wait_for,
+    wait_ready,
+    wasminference,
+)
 
 from kwasi_operator_dev.local import OperatorProcess
 
@@ -22,16 +31,8 @@ if TYPE_CHECKING:
 REPAIR_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("drift"), "--resync-seconds", "600") as op:
-        yield op
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "drift") as name:
-        yield name
+operator = operator_fixture("drift", "--resync-seconds", "600")
+ns = namespace_fixture("drift")
 
 
 def repaired_within(cluster: Cluster, what: str, check: Callable[[], bool]) -> float:
@@ -82,8 +83,9 @@ def test_hand_scaled_and_edited_deployment_reverted_within_seconds(cluster: Clus
     assert "evil" not in json.dumps(deployment())
     cluster.wait_until(lambda: len(repairs(cluster, ns, "edit")) >= 2, 10, "Repaired events")
     assert set(repairs(cluster, ns, "edit")) == {"Deployment edit reverted (it was edited)"}
-    wi = wait_ready(cluster, ns, "edit")
-    assert wi["status"]["replicas"] == 2
+    # status follows: the Deployment's surplus pods go, and status.replicas is the spec's again.
+    wait_for(cluster, ns, "wasminference", "edit",
+             lambda wi: wi["status"]["replicas"] == 2 and cond(wi, "Ready")["status"] == "True", 30, "2 replicas")
 
 
 def test_replicas_an_autoscaler_sets_are_left_alone(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:

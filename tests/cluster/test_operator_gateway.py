@@ -4,11 +4,18 @@ InferencePool CRD (from its Go module, hack/cluster/extra-crds.sh)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pytest
-from cluster.objects import Obj, extra_crd, get, namespace, running_operator, wait_for, wait_ready, wasminference
+from cluster.objects import (
+    Obj,
+    extra_crd,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    wait_for,
+    wait_ready,
+    wasminference,
+)
 
 from kwasi_operator_dev.local import OperatorProcess
 
@@ -18,16 +25,8 @@ if TYPE_CHECKING:
 POOL = "inferencepools.inference.networking.k8s.io"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("gateway"), "--resync-seconds", "600") as op:
-        yield op
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "gw") as name:
-        yield name
+operator = operator_fixture("gateway", "--resync-seconds", "600")
+ns = namespace_fixture("gw")
 
 
 def test_inference_pool_rendered_once_its_crd_exists(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:

@@ -4,11 +4,10 @@ on a full GPU node, termination grace and probes, and the pod escape hatches."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pytest
-from cluster.objects import Obj, cond, get, namespace, running_operator, wait_for, wait_ready, wasminference
+from cluster.objects import Obj, cond, get, namespace_fixture, operator_fixture, wait_for, wait_ready, wasminference
 
 from kwasi_operator_dev.local import OperatorProcess
 
@@ -19,16 +18,8 @@ A100 = "NVIDIA-A100-SXM4-40GB"  # the kwok A100 node: 4 GPUs
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("pods"), "--resync-seconds", "60") as op:
-        yield op
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "pods") as name:
-        yield name
+operator = operator_fixture("pods", "--resync-seconds", "60")
+ns = namespace_fixture("pods")
 
 
 def pods(cluster: Cluster, ns: str, name: str) -> list[Obj]:

@@ -5,18 +5,16 @@ and KEDA paths as KEDA's CRD comes and goes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pytest
 from cluster.objects import (
     Obj,
     cond,
     extra_crd,
     get,
-    namespace,
+    namespace_fixture,
+    operator_fixture,
     reasons,
-    running_operator,
     wait_for,
     wait_ready,
     wasminference,
@@ -31,17 +29,8 @@ PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 SO = "scaledobjects.keda.sh"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    # A long resync: KEDA's CRD appearing must be noticed from its watch event.
-    with running_operator(cluster, tmp_path_factory.mktemp("scaling"), "--resync-seconds", "600") as op:
-        yield op
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "scale") as name:
-        yield name
+operator = operator_fixture("scaling", "--resync-seconds", "600")
+ns = namespace_fixture("scale")
 
 
 def test_keda_scaled_object_follows_the_crd(cluster: Cluster, operator: OperatorProcess, ns: str) -> None:

@@ -219,6 +219,7 @@ def test_model_cache_holds_url_models_once_per_claim() -> None:
                        "modelCache": {"size": "20Gi", "accessMode": "ReadWriteOnce", "storageClassName": "fast"}})
     claim, dep = render("a", "n", spec)[:2]
     assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "a-model-cache"
+    assert claim["metadata"]["labels"]["kwasi.dev/wasminference"] == "a"  # how its events find the owner
     assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}},
                              "storageClassName": "fast"}
     p = dep["spec"]["template"]["spec"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kwasi_operator import kinds
 from kwasi_operator.spec import FIELD_MANAGER, Obj
 
 INSTANCE_LABEL = "kwasi.dev/wasminference"
@@ -33,3 +34,16 @@ def child_name(kind: str, name: str) -> str:
     """Every child is named after its WasmInference, but the cache claim: a user's own PVC may well carry
     the app's name (its models), and applying over it would take it over."""
     return f"{name}-model-cache" if kind == "PersistentVolumeClaim" else name
+
+
+def manifest(kind: kinds.Kind, name: str, namespace: str, spec: Obj, metadata: Obj | None = None) -> Obj:
+    """A child of the WasmInference ``name``: its kind's apiVersion, name, labels (+ ``metadata``), ``spec``."""
+    m = {**meta(name, namespace), "name": child_name(kind.kind, name)}  # labelled with the owner's name
+    for key, value in (metadata or {}).items():
+        m[key] = {**m.get(key, {}), **value}
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": m, "spec": spec}
+
+
+def ref(kind: kinds.Kind, name: str) -> Obj:
+    """A reference to the WasmInference's child of ``kind`` (scaleTargetRef, describedObject)."""
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "name": child_name(kind.kind, name)}

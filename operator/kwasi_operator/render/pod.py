@@ -8,7 +8,8 @@ import copy
 import json
 import math
 
-from kwasi_operator.render.meta import labels, meta, selector
+from kwasi_operator import kinds
+from kwasi_operator.render.meta import labels, manifest, selector
 from kwasi_operator.render.scheduling import scheduling
 from kwasi_operator.render.volumes import PodFiles, cache_claim_name, container_security, model_files, module_files
 from kwasi_operator.spec import DEFAULT_RUNTIME_IMAGE, PRESTOP_SLEEP_S, Obj, Spec
@@ -137,4 +138,4 @@ def deployment(name: str, namespace: str, spec: Spec) -> Obj:
     if spec.autoscaling is None:
         # With autoscaling the HPA (or KEDA) owns the replica count; applying one here would fight it.
         dep_spec["replicas"] = spec.replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, namespace), "spec": dep_spec}
+    return manifest(kinds.DEPLOYMENT, name, namespace, dep_spec)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from kwasi_operator.render.meta import meta, selector
+from kwasi_operator import kinds
+from kwasi_operator.render.meta import manifest, ref, selector
 from kwasi_operator.spec import AUTOSCALING_METRICS, Autoscaling, Obj, Spec
 
 # The label the monitors give every series of a WasmInference's pods (render/serving.py), so one query
@@ -17,12 +18,8 @@ def pod_disruption_budget(name: str, namespace: str, spec: Spec) -> Obj | None:
     replicas = spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
     if replicas <= 1:
         return None
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": meta(name, namespace),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
-    }
+    return manifest(kinds.POD_DISRUPTION_BUDGET, name, namespace,
+                    {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}})
 
 
 def uses_keda(spec: Spec, available: Collection[str]) -> bool:
@@ -50,21 +47,15 @@ def horizontal_pod_autoscaler(name: str, namespace: str, spec: Spec) -> Obj | No
         # With no pods there are no per-pod series: scaling from zero needs a metric of an object that is
         # always there (the Service; e.g. a Prometheus adapter rule summing the pods' series per Service),
         # and the API server accepts minReplicas 0 only with the HPAScaleToZero feature gate.
-        describe = {"apiVersion": "v1", "kind": "Service", "name": name}
-        metric: Obj = {"type": "Object", "object": {"describedObject": describe, **source}}
+        metric: Obj = {"type": "Object", "object": {"describedObject": ref(kinds.SERVICE, name), **source}}
     else:
         metric = {"type": "Pods", "pods": source}
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": meta(name, namespace),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": auto.min_replicas,
-            "maxReplicas": auto.max_replicas,
-            "metrics": [metric],
-        },
-    }
+    return manifest(kinds.HORIZONTAL_POD_AUTOSCALER, name, namespace, {
+        "scaleTargetRef": ref(kinds.DEPLOYMENT, name),
+        "minReplicas": auto.min_replicas,
+        "maxReplicas": auto.max_replicas,
+        "metrics": [metric],
+    })
 
 
 def prometheus_query(name: str, namespace: str, metric: str) -> str:
@@ -93,16 +84,11 @@ def scaled_object(name: str, namespace: str, spec: Spec) -> Obj:
             "activationThreshold": str(auto.activation),
         },
     }
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": meta(name, namespace),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicaCount": auto.min_replicas,
-            "maxReplicaCount": auto.max_replicas,
-            "pollingInterval": keda.polling_s if keda else 15,
-            "cooldownPeriod": keda.cooldown_s if keda else 300,
-            "triggers": [trigger],
-        },
-    }
+    return manifest(kinds.SCALED_OBJECT, name, namespace, {
+        "scaleTargetRef": ref(kinds.DEPLOYMENT, name),
+        "minReplicaCount": auto.min_replicas,
+        "maxReplicaCount": auto.max_replicas,
+        "pollingInterval": keda.polling_s if keda else 15,
+        "cooldownPeriod": keda.cooldown_s if keda else 300,
+        "triggers": [trigger],
+    })

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kwasi_operator.render.meta import INSTANCE_LABEL, meta, selector
+from kwasi_operator import kinds
+from kwasi_operator.render.meta import INSTANCE_LABEL, manifest, selector
 from kwasi_operator.render.scaling import SERIES_LABEL
 from kwasi_operator.spec import AUTOSCALING_METRICS, Obj, Spec
 
@@ -17,15 +18,10 @@ PICKER_FLAGS_ANNOTATION = "kwasi.dev/endpoint-picker-flags"
 
 
 def service(name: str, namespace: str, spec: Spec) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta(name, namespace),
-        "spec": {
-            "selector": selector(name),
-            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
+    return manifest(kinds.SERVICE, name, namespace, {
+        "selector": selector(name),
+        "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+    })
 
 
 def monitors(name: str, namespace: str, spec: Spec) -> list[Obj]:
@@ -33,26 +29,16 @@ def monitors(name: str, namespace: str, spec: Spec) -> list[Obj]:
     every series with the WasmInference's name (``wasminference``): what the ScaledObject queries."""
     metrics = spec.section("metrics")
     interval = metrics.get("interval", "15s")
-    m = meta(name, namespace)
-    m["labels"] = {**m["labels"], **metrics.get("labels", {})}
+    extra = {"labels": dict(metrics.get("labels", {}))}
     source = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in INSTANCE_LABEL)
     relabel = [{"sourceLabels": [source], "targetLabel": SERIES_LABEL}]
     endpoint: dict[str, Any] = {"port": "http", "path": "/metrics", "interval": interval, "relabelings": relabel}
     out: list[Obj] = []
-    if metrics.get("serviceMonitor"):
-        out.append({
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "ServiceMonitor",
-            "metadata": m,
-            "spec": {"selector": {"matchLabels": selector(name)}, "endpoints": [endpoint]},
-        })
-    if metrics.get("podMonitor"):
-        out.append({
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "PodMonitor",
-            "metadata": m,
-            "spec": {"selector": {"matchLabels": selector(name)}, "podMetricsEndpoints": [endpoint]},
-        })
+    for kind, wanted, endpoints in ((kinds.SERVICE_MONITOR, "serviceMonitor", "endpoints"),
+                                    (kinds.POD_MONITOR, "podMonitor", "podMetricsEndpoints")):
+        if metrics.get(wanted):
+            body = {"selector": {"matchLabels": selector(name)}, endpoints: [endpoint]}
+            out.append(manifest(kind, name, namespace, body, extra))
     return out
 
 
@@ -76,13 +62,10 @@ def inference_pool(name: str, namespace: str, spec: Spec) -> Obj | None:
     if pool is None:
         return None
     model = pool.model or (spec.models[0].name if spec.models else "default")
-    m = meta(name, namespace)
-    m["annotations"] = {PICKER_FLAGS_ANNOTATION: " ".join(endpoint_picker_flags(model))}
+    annotations = {"annotations": {PICKER_FLAGS_ANNOTATION: " ".join(endpoint_picker_flags(model))}}
     picker = {"name": pool.picker_name, "port": {"number": pool.picker_port}, "failureMode": pool.failure_mode}
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1",
-        "kind": "InferencePool",
-        "metadata": m,
-        "spec": {"selector": {"matchLabels": selector(name)}, "targetPorts": [{"number": spec.port}],
-                 "endpointPickerRef": picker},
-    }
+    return manifest(kinds.INFERENCE_POOL, name, namespace, {
+        "selector": {"matchLabels": selector(name)},
+        "targetPorts": [{"number": spec.port}],
+        "endpointPickerRef": picker,
+    }, annotations)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from kwasi_operator.render.meta import child_name, meta
+from kwasi_operator import kinds
+from kwasi_operator.render.meta import child_name, manifest
 from kwasi_operator.spec import Model, Obj, Spec
 
 MODULE_DIR = "/module"
@@ -140,6 +141,4 @@ def model_cache_claim(name: str, namespace: str, spec: Spec) -> Obj | None:
     claim: Obj = {"accessModes": [cache.access_mode], "resources": {"requests": {"storage": cache.size}}}
     if cache.storage_class is not None:
         claim["storageClassName"] = cache.storage_class
-    m = meta(name, namespace)
-    m["name"] = child_name("PersistentVolumeClaim", name)
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": m, "spec": claim}
+    return manifest(kinds.PERSISTENT_VOLUME_CLAIM, name, namespace, claim)
