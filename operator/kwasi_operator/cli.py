@@ -56,13 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     if not (args.verbose or args.debug):  # "Handler ... succeeded" for every watch event of every child
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-        # "Unresolved resources cannot be served" on every CRD change: the kinds of other projects' CRDs
-        # (KEDA, the Prometheus operator, …) are optional here, their absence is expected.
-        logging.getLogger("kopf._core.reactor.observation").setLevel(logging.ERROR)
     registry = kopf.OperatorRegistry()
     register(registry, Options(resync_s=args.resync_seconds, backoff_s=args.backoff_seconds,
                                status_delay_s=args.status_delay_seconds, max_inflight=args.max_inflight,
-                               scan_crds=not args.namespace))
+                               namespaces=tuple(args.namespace)))
     metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     kopf.run(

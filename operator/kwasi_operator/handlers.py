@@ -33,8 +33,7 @@ from kwasi_operator.control.reconcile import reconcile
 from kwasi_operator.control.resync import resync_loop
 from kwasi_operator.control.state import Indices, Operator, Options
 from kwasi_operator.kube import Kube
-from kwasi_operator.kube.incluster import login_in_cluster
-from kwasi_operator.render import INSTANCE_LABEL, MANAGED_BY
+from kwasi_operator.render import MANAGED_BY, owner_key
 from kwasi_operator.spec import Obj
 
 
@@ -62,11 +61,6 @@ def _snapshot(body: Mapping[str, Any]) -> Obj:
             "status": copy.deepcopy(dict(body.get("status") or {}))}
 
 
-def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> st.Key | None:
-    instance = labels.get(INSTANCE_LABEL)
-    return (namespace, instance) if namespace and instance else None
-
-
 def _established(body: Mapping[str, Any]) -> bool:
     """Whether objects of the CRD's kind can be written: established and not being deleted."""
     if (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -84,10 +78,10 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.diffbase_storage = NoDiffBase()
-        # CRDs are watched (list/watch on customresourcedefinitions): children of other projects' kinds
-        # (monitors, …) are rendered as soon as their CRDs are installed; with scanning, kopf also starts
-        # watching them for drift then (without, from the next start; the resync covers them till then).
-        settings.scanning.disabled = not options.scan_crds
+        # kopf watches only built-in kinds and WasmInferences (a watched kind that vanishes is fatal to kopf):
+        # no scanning for new CRDs. Other projects' kinds are known from the CRD index below and watched by
+        # control.drift, which survives their CRDs going away.
+        settings.scanning.disabled = True
         # Events are posted explicitly (kopf.event) for decisions; kopf's own INFO chatter is not.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
@@ -105,28 +99,30 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
     async def close(**_: Any) -> None:
         if op.resync_task is not None:
             op.resync_task.cancel()
+        for task in op.crd_watches.values():
+            task.cancel()
         await op.queue.close()
         if op.kube is not None:
             await op.kube.close()
 
     @kopf.index("apps", "v1", "deployments", id="kwasi_deployments", labels=MANAGED_BY, registry=registry)
     async def kwasi_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-        key = _owner_key(namespace, labels)
+        key = owner_key(namespace, labels)
         return {key: st.DeploymentInfo.from_body(body)} if key else None
 
     @kopf.index("", "v1", "pods", id="kwasi_pods", labels=MANAGED_BY, registry=registry)
     async def kwasi_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-        key = _owner_key(namespace, labels)
+        key = owner_key(namespace, labels)
         return {key: st.PodInfo.from_body(body)} if key else None
 
     @kopf.index("", "v1", "services", id="kwasi_services", labels=MANAGED_BY, registry=registry)
     async def kwasi_services(namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
-        key = _owner_key(namespace, labels)
+        key = owner_key(namespace, labels)
         return {key: True} if key else None
 
     @kopf.index("", "v1", "persistentvolumeclaims", id="kwasi_claims", labels=MANAGED_BY, registry=registry)
     async def kwasi_claims(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-        key = _owner_key(namespace, labels)
+        key = owner_key(namespace, labels)
         return {key: st.ClaimInfo.from_body(body)} if key else None
 
     @kopf.index(*wasminferences, id="kwasi_objects", registry=registry)
@@ -145,10 +141,12 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
                              kw["kwasi_objects"], kw["kwasi_crds"])
         if op.resync_task is None:  # started from a handler: its context carries kopf's event poster
             op.resync_task = asyncio.create_task(resync_loop(op))
+            drift.sync_watches(op)
 
     @kopf.on.event(*crds, id="crd_event", when=ours, registry=registry)
     async def crd_event(**kw: Any) -> None:
         bind(kw)
+        drift.sync_watches(op)
         op.requeue_all()  # a kind to render appeared, or went away (its children went with it)
 
     def watch_child(kind: kinds.Kind) -> None:
@@ -157,7 +155,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
         async def child_event(type: str | None, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                               **kw: Any) -> None:
             bind(kw)
-            key = _owner_key(namespace, labels)
+            key = owner_key(namespace, labels)
             if key is None:
                 return
             drift.child_event(op, key, kind.kind, type, body)
@@ -165,12 +163,13 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Operator:
                 publish_soon(op, key)
 
     for child in kinds.CHILDREN:
-        watch_child(child)
+        if not child.crd:
+            watch_child(child)
 
     @kopf.on.event("", "v1", "pods", id="pod_event", labels=MANAGED_BY, registry=registry)
     async def pod_event(namespace: str | None, labels: kopf.Labels, **kw: Any) -> None:
         bind(kw)
-        key = _owner_key(namespace, labels)
+        key = owner_key(namespace, labels)
         if key is not None:
             publish_soon(op, key)
 

@@ -386,6 +386,13 @@ def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: Ope
     assert can("watch", "wasminferences.kwasi.dev", "-A")
     assert can("patch", "wasminferences.kwasi.dev", "--subresource=status", "-A")
     assert can("create", "deployments.apps", "-n", "default") and can("watch", "pods", "-A")
+    # What it owns it can watch (drift is repaired from the children's events), and CRDs it can only read.
+    # (ScaledObjects and InferencePools too, proven where their CRDs are installed: test_operator_scaling.py,
+    # test_operator_gateway.py; kubectl cannot name a kind whose CRD is absent.)
+    for child in ("deployments.apps", "services", "poddisruptionbudgets.policy", "horizontalpodautoscalers",
+                  "persistentvolumeclaims"):
+        assert can("watch", child, "-A"), child
+    assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
     # Nothing it does not need:
     for denied in (("get", "secrets", "-A"), ("patch", "wasminferences.kwasi.dev", "-A"),
                    ("create", "pods", "-n", "default"), ("delete", "deployments.apps", "-A"),
@@ -393,7 +400,8 @@ def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: Ope
                    ("delete", "services", "-A"), ("update", "customresourcedefinitions.apiextensions.k8s.io"),
                    ("get", "customresourcedefinitions.apiextensions.k8s.io/wasminferences.kwasi.dev"),
                    ("list", "namespaces"), ("create", "clusterroles.rbac.authorization.k8s.io"),
-                   ("patch", "nodes"), ("create", "serviceaccounts/token", "-A")):
+                   ("patch", "nodes"), ("create", "serviceaccounts/token", "-A"),
+                   ("create", "persistentvolumes"), ("create", "roles.rbac.authorization.k8s.io", "-A")):
         assert not can(*denied), denied
     role = json.loads(cluster.kubectl("get", "clusterrole", "kwasi-operator", "-o", "json").stdout)
     for rule in role["rules"]:

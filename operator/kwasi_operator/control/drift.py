@@ -7,12 +7,17 @@ that touches no field the operator owns (an HPA setting the replica count) is le
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from kwasi_operator import metrics
+import aiohttp
+
+from kwasi_operator import kinds, metrics
 from kwasi_operator import status as st
 from kwasi_operator.control.state import GONE, Operator, Version, log
+from kwasi_operator.kube import ApiError
+from kwasi_operator.render import MANAGED_BY, owner_key
 
 
 def version(child: Mapping[str, Any]) -> Version:
@@ -33,6 +38,8 @@ def child_event(op: Operator, key: st.Key, kind: str, event_type: str | None, bo
     owner = op.latest(key)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the garbage collector is removing the children with their owner
+    if event_type != "DELETED" and (body.get("metadata") or {}).get("deletionTimestamp"):
+        return  # on its way out (its DELETED event decides)
     now = GONE if event_type == "DELETED" else version(body)
     if now == obj.seen[kind]:
         return  # the echo of our own apply (or a status-only change)
@@ -57,3 +64,42 @@ def report_repairs(op: Operator, key: st.Key, before: Mapping[str, Version], liv
         op.event(key, "Warning", "Repaired", f"{kind} {key[1]} {what}")
         log.info("%s/%s: repaired %s: %s", *key, kind, what)
     obj.drifted.clear()
+
+
+async def watch_kind(op: Operator, kind: kinds.Kind, namespace: str | None) -> None:
+    """Drift of the children of another project's kind (monitors, ScaledObjects, InferencePools).
+
+    Watched here rather than by kopf: kopf takes a watched kind that goes away (KEDA uninstalled) as fatal
+    and stops the operator. This watch ends when the kind's CRD goes (a 404), and is started again by
+    :func:`sync_watches` when it is back.
+    """
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+    while kind.kind in op.available():
+        try:
+            async for event_type, body in op.client().watch(kind, selector, namespace):
+                meta = body.get("metadata") or {}
+                key = owner_key(meta.get("namespace"), meta.get("labels") or {})
+                if key is not None:
+                    child_event(op, key, kind.kind, event_type, body)
+        except ApiError as e:
+            if e.code == 404:
+                return  # the kind is gone
+            log.debug("watch of %s: %s; again in 1 s", kind.plural, e)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            log.debug("watch of %s: %s; again in 1 s", kind.plural, e)
+        await asyncio.sleep(1)
+
+
+def sync_watches(op: Operator) -> None:
+    """One watch per installed CRD kind (and watched namespace); stop those whose kind went away."""
+    available = op.available()
+    spaces: tuple[str | None, ...] = op.options.namespaces or (None,)
+    if any(c in ns for ns in op.options.namespaces for c in "*?["):
+        spaces = ()  # namespace patterns: no list of namespaces to watch in; the resync repairs these kinds
+    wanted = {(k.kind, ns) for k in kinds.CRD_KINDS.values() if k.kind in available for ns in spaces}
+    for key, task in list(op.crd_watches.items()):
+        if key not in wanted or task.done():
+            task.cancel()
+            del op.crd_watches[key]
+    for kind, ns in wanted - set(op.crd_watches):
+        op.crd_watches[(kind, ns)] = asyncio.create_task(watch_kind(op, kinds.BY_KIND[kind], ns))

@@ -31,9 +31,7 @@ class Options:
     backoff_s: float = 1.0  # first retry delay of a spec that cannot be realised; doubles up to MAX_BACKOFF_S
     status_delay_s: float = 0.5  # coalescing window for status updates caused by child events
     max_inflight: int = 32  # concurrent writes to the API server (Deployments first)
-    # Let kopf start watches of kinds whose CRDs appear while it runs. Off when watching named namespaces:
-    # kopf would then also list namespaces, which such an operator may not.
-    scan_crds: bool = True
+    namespaces: tuple[str, ...] = ()  # watched namespaces; none: all
 
 
 class Retry(Exception):
@@ -95,6 +93,7 @@ class Operator:
     queue: WorkQueue[st.Key] = field(init=False)
     indices: Indices | None = None
     resync_task: asyncio.Task[None] | None = None
+    crd_watches: dict[tuple[str, str | None], asyncio.Task[None]] = field(default_factory=dict)  # (kind, ns)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.work)

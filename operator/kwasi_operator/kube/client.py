@@ -8,11 +8,12 @@ indexing. Every write goes through the :class:`~kwasi_operator.kube.limiter.Limi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
+from kubernetes.aio import watch as k8s_watch
 from kubernetes.aio.client.exceptions import ApiException
 
 from kwasi_operator import kinds
@@ -105,6 +106,24 @@ class Kube:
         if cm is None:
             return None
         return key in (cm.get("data") or {}) or key in (cm.get("binaryData") or {})
+
+    async def watch(self, kind: kinds.Kind, label_selector: str, namespace: str | None = None
+                    ) -> AsyncIterator[tuple[str, Obj]]:
+        """(event type, object) of a custom resource kind, forever (the client re-watches from the last
+        resourceVersion). Ends with ApiError 404 when the kind itself goes away."""
+        custom = k8s.CustomObjectsApi(self.api)
+        watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        if namespace is None:
+            stream = watch.stream(custom.list_cluster_custom_object,  # type: ignore[no-untyped-call]
+                                  kind.group, kind.version, kind.plural, label_selector=label_selector)
+        else:
+            stream = watch.stream(custom.list_namespaced_custom_object,  # type: ignore[no-untyped-call]
+                                  kind.group, kind.version, namespace, kind.plural, label_selector=label_selector)
+        try:
+            async for event in stream:
+                yield event["type"], event["raw_object"]
+        except ApiException as e:
+            raise ApiError.from_exception(e) from None
 
     async def patch_status(self, name: str, namespace: str, status: Obj) -> None:
         path = kinds.WASM_INFERENCE.path(namespace, name, "status")

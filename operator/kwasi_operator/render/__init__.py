@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from kwasi_operator import kinds
-from kwasi_operator.render.meta import INSTANCE_LABEL, MANAGED_BY, child_name, labels, selector, selector_string
+from kwasi_operator.render.meta import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    child_name,
+    labels,
+    owner_key,
+    selector,
+    selector_string,
+)
 from kwasi_operator.render.pod import deployment, runtime_args
 from kwasi_operator.render.scaling import (
     horizontal_pod_autoscaler,
@@ -27,7 +35,7 @@ from kwasi_operator.spec import Obj, Spec
 
 __all__ = [
     "INSTANCE_LABEL", "MANAGED_BY", "cache_claim_name", "child_name", "deployment", "endpoint_picker_flags",
-    "horizontal_pod_autoscaler", "inference_pool", "labels", "model_cache_claim", "monitors",
+    "horizontal_pod_autoscaler", "inference_pool", "labels", "model_cache_claim", "monitors", "owner_key",
     "pod_disruption_budget", "prometheus_query", "render", "runtime_args", "scaled_object", "selector",
     "selector_string", "service", "uses_keda",
 ]

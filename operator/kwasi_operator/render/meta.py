@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from kwasi_operator import kinds
 from kwasi_operator.spec import FIELD_MANAGER, Obj
 
@@ -28,6 +30,12 @@ def selector_string(name: str) -> str:
 
 def meta(name: str, namespace: str) -> Obj:
     return {"name": name, "namespace": namespace, "labels": labels(name)}
+
+
+def owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """(namespace, name) of the WasmInference a child belongs to, from its labels."""
+    instance = labels.get(INSTANCE_LABEL)
+    return (namespace, instance) if namespace and instance else None
 
 
 def child_name(kind: str, name: str) -> str:
