@@ -1,9 +1,10 @@
 """The peer for bench/operator.py: the least a controller can do for a new WasmInference.
 
 One watch, and for each new object one server-side apply of the same Deployment kwasi-operator renders
-(owner reference included, 32 in flight), with the official kubernetes client's asyncio API as it comes
-(custom-objects calls: plain dicts, no model classes). No Service, status, events, indices, retries or
-resync. Its create->Deployment latency is the floor the cluster and this machine set for any controller.
+(owner reference included, 32 in flight), with the official kubernetes client's asyncio API configured as
+kwasi-operator's (custom-objects calls: plain dicts, no model classes; no proxy/netrc lookup per request).
+No Service, status, events, indices, retries or resync. Its create->Deployment latency is the floor the
+cluster and this machine set for any controller.
 
   KUBECONFIG=... python bench/bare_controller.py
 """
@@ -30,6 +31,7 @@ WI = kinds.WASM_INFERENCE
 async def main() -> None:
     config = k8s.Configuration()
     await k8s_config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    config.client_session_kwargs = {"trust_env": False}  # as kwasi-operator: no proxy/netrc lookup per request
     custom = k8s.CustomObjectsApi(k8s.ApiClient(config))
     writes = asyncio.Semaphore(IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()

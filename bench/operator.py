@@ -7,8 +7,9 @@ Measures, with the operator running as a subprocess under its own ServiceAccount
 Targets on the 2-core dev machine: 200 Ready within 60 s, create->Deployment p50 within 1.2x the peer's
 (measured in the same run), RSS <= 200 MB.
 
-The peer, measured first on the same cluster with the same burst: bench/bare_controller.py, which only
-applies each Deployment; its latency is what the cluster and the machine leave for any controller.
+The peer, measured on the same cluster with the same burst, alternating with ours for --rounds rounds:
+bench/bare_controller.py, which only applies each Deployment; its latency is what the cluster and the
+machine leave for any controller. The ratio reported is the median of the rounds' ratios.
 
   python bench/operator.py                    # starts a throw-away cluster (hack/cluster/cluster.sh)
   python bench/operator.py --kubeconfig FILE  # uses a running cluster (admin kubeconfig)
@@ -75,6 +76,7 @@ WI = kinds.WASM_INFERENCE
 async def api_client(kubeconfig: Path) -> k8s.ApiClient:
     config = k8s.Configuration()
     await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=config)  # type: ignore[no-untyped-call]
+    config.client_session_kwargs = {"trust_env": False}
     return k8s.ApiClient(config)
 
 
@@ -232,6 +234,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--count", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=50, help="create calls in flight")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="peer burst, then ours, this many times (the ratio is the median of the rounds')")
     p.add_argument("--kubeconfig", type=Path, help="admin kubeconfig of a running cluster (default: start one)")
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--operator-args", default="", help="extra kwasi-operator flags, e.g. '--max-inflight 8'")
@@ -251,41 +255,59 @@ def main() -> int:
     kubectl = Kubectl(kubeconfig, kubectl_bin)
     install(kubectl)
     sa_kubeconfig = service_account_kubeconfig(kubectl, tmp / "operator.kubeconfig")
-    op = OperatorProcess(sa_kubeconfig, tmp / "operator.log", ["--all-namespaces", *args.operator_args.split()])
+    rounds: list[tuple[dict[str, float], dict[str, float], float, float]] = []  # peer, ours, RSS, CPU
     try:
-        peer = BareController(sa_kubeconfig)
-        try:
-            b = asyncio.run(burst(kubeconfig, args.count, args.concurrency, "deployment", 60, tmp / "peer.json"))
-        finally:
-            peer.stop()
-        op.start()
-        r = asyncio.run(burst(kubeconfig, args.count, args.concurrency, "ready", args.timeout, tmp / "ours.json"))
-        rss, cpu = op.peak_rss_bytes(), op.cpu_seconds()
-        (tmp / "metrics.txt").write_text(op.metrics())
+        # Alternating, one controller at a time (both would act on every object): a load that drifts over
+        # the run (a shared machine) falls on both, and the median ratio is robust to one bad round.
+        for i in range(args.rounds):
+            peer = BareController(sa_kubeconfig)
+            try:
+                b = asyncio.run(burst(kubeconfig, args.count, args.concurrency, "deployment", 60,
+                                      tmp / f"peer-{i}.json"))
+            finally:
+                peer.stop()
+            op = OperatorProcess(sa_kubeconfig, tmp / "operator.log", ["--all-namespaces", *args.operator_args.split()])
+            try:
+                op.start()
+                r = asyncio.run(burst(kubeconfig, args.count, args.concurrency, "ready", args.timeout,
+                                      tmp / f"ours-{i}.json"))
+                rounds.append((b, r, float(op.peak_rss_bytes()), op.cpu_seconds()))
+                (tmp / f"metrics-{i}.txt").write_text(op.metrics())
+            finally:
+                op.stop()
+            print(f"round {i + 1}: peer p50 {b['p50_s'] * 1000:.0f} ms, ours {r['p50_s'] * 1000:.0f} ms "
+                  f"({r['p50_s'] / b['p50_s']:.2f}x), all Ready {r['all_ready_s']:.1f} s", flush=True)
     finally:
-        op.stop()
         if cluster_env is not None:
             subprocess.run([str(CLUSTER), "down"], env=cluster_env, check=False, stdin=subprocess.DEVNULL)
-    ok_ready = r["ready"] == r["n"] and r["all_ready_s"] <= TARGET_READY_S
-    ratio = r["p50_s"] / b["p50_s"]
+    return report(rounds, args.concurrency, tmp)
+
+
+def report(rounds: list[tuple[dict[str, float], dict[str, float], float, float]], concurrency: int,
+           tmp: Path) -> int:
+    ratios = [r["p50_s"] / b["p50_s"] for b, r, _, _ in rounds]
+    ratio = statistics.median(ratios)
+    b, r, _, cpu = rounds[ratios.index(sorted(ratios)[len(ratios) // 2])]  # the median round
+    worst_ready = max(rr["all_ready_s"] for _, rr, _, _ in rounds)
+    ok_ready = all(rr["ready"] == rr["n"] for _, rr, _, _ in rounds) and worst_ready <= TARGET_READY_S
     ok_p50 = ratio <= TARGET_P50_RATIO
-    ok_rss = rss / 2**20 <= TARGET_RSS_MB
-    print(f"objects                    {r['n']:.0f} (created in {r['created_s']:.2f} s, {args.concurrency} in flight;"
-          f" peer's burst {b['created_s']:.2f} s)")
-    print(f"all Ready after            {r['all_ready_s']:.2f} s ({r['ready']:.0f}/{r['n']:.0f})"
-          f"   target <= {TARGET_READY_S:g} s: {'PASS' if ok_ready else 'FAIL'}")
+    peak_rss = max(x for _, _, x, _ in rounds)
+    ok_rss = peak_rss / 2**20 <= TARGET_RSS_MB
+    print(f"objects                    {r['n']:.0f} per burst, {len(rounds)} rounds (created in {r['created_s']:.2f} s,"
+          f" {concurrency} in flight; peer's burst {b['created_s']:.2f} s)")
+    print(f"all Ready after            {r['all_ready_s']:.2f} s ({r['ready']:.0f}/{r['n']:.0f}); worst round "
+          f"{worst_ready:.2f} s   target <= {TARGET_READY_S:g} s: {'PASS' if ok_ready else 'FAIL'}")
     print(f"  first / median Ready     {r['first_ready_s']:.2f} s / {r['p50_ready_s']:.2f} s"
           f" (Deployments ready: median {r['p50_dep_ready_s']:.2f} s; status lag p50 {r['status_lag_p50_s']:.2f} s)")
-    print(f"create->Deployment p50     {r['p50_s'] * 1000:.0f} ms = {ratio:.2f}x the peer's   target <= "
-          f"{TARGET_P50_RATIO:g}x: {'PASS' if ok_p50 else 'FAIL'}")
+    print(f"create->Deployment p50     {r['p50_s'] * 1000:.0f} ms = {ratio:.2f}x the peer's (median of "
+          f"{', '.join(f'{x:.2f}' for x in ratios)})   target <= {TARGET_P50_RATIO:g}x: {'PASS' if ok_p50 else 'FAIL'}")
     print(f"create->Deployment p99     {r['p99_s'] * 1000:.0f} ms (max {r['max_s'] * 1000:.0f} ms,"
           f" {r['deployments']:.0f} Deployments)")
     print(f"  peer: bare controller    p50 {b['p50_s'] * 1000:.0f} ms, p99 {b['p99_s'] * 1000:.0f} ms"
-          f" ({b['deployments']:.0f} Deployments); kwasi-operator / peer: p50 {r['p50_s'] / b['p50_s']:.2f}x,"
-          f" p99 {r['p99_s'] / b['p99_s']:.2f}x")
-    print(f"operator peak RSS          {rss / 2**20:.0f} MB   target <= {TARGET_RSS_MB:g} MB: "
+          f" ({b['deployments']:.0f} Deployments); p99 ratio {r['p99_s'] / b['p99_s']:.2f}x")
+    print(f"operator peak RSS          {peak_rss / 2**20:.0f} MB   target <= {TARGET_RSS_MB:g} MB: "
           f"{'PASS' if ok_rss else 'FAIL'}")
-    print(f"operator CPU time          {cpu:.1f} s (user+system, whole run)")
+    print(f"operator CPU time          {cpu:.1f} s (user+system, the median round)")
     print(f"logs and timelines         {tmp}")
     return 0 if ok_ready and ok_p50 and ok_rss else 1
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
+from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig, wait_established
 
 if TYPE_CHECKING:
     from cluster.conftest import Cluster
@@ -114,13 +114,8 @@ def extra_crd(cluster: Cluster, which: str) -> Iterator[str]:
     path = subprocess.run([str(EXTRA_CRDS), which], capture_output=True, text=True, check=True, timeout=900,
                           env=cluster.env).stdout.strip()
     name = cluster.kubectl("apply", "--server-side", "-f", path, "-o", "name").stdout.strip().split("/")[-1]
-    def established() -> bool:
-        crd = json.loads(cluster.kubectl("get", "crd", name, "-o", "json").stdout)
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or [])
-
     try:
-        cluster.wait_until(established, 30, f"CRD {name} Established")
+        wait_established(Kubectl(cluster.kubeconfig, cluster.kubectl_path, cluster.env), name)
         yield name
     finally:
         cluster.kubectl("delete", "crd", name, "--wait=true", check=False, timeout=120)

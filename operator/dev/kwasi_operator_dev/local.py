@@ -51,10 +51,22 @@ class Kubectl:
         return proc.stdout
 
 
+def wait_established(kubectl: Kubectl, crd: str, timeout: float = 60) -> None:
+    """Until the CRD is Established (`kubectl wait` fails on a CRD so new it has no status yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = kubectl("get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
+        if out.strip() == "True":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {crd} not Established after {timeout} s")
+        time.sleep(0.2)
+
+
 def install(kubectl: Kubectl) -> None:
     """The CRD (crds/, unchanged) and the operator's ServiceAccount + ClusterRole + binding."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/wasminferences.kwasi.dev")
+    wait_established(kubectl, "wasminferences.kwasi.dev")
     kubectl("apply", "-f", str(RBAC))
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import math
 from collections.abc import AsyncIterator
 
 # Write priorities: under a burst the Deployments go first (pods start sooner), status updates last.
@@ -31,35 +30,53 @@ class Limiter:
         self.quiet_s = quiet_s
         self.max_defer_s = max_defer_s
         self.urgent = 0  # Deployment writes waiting or in flight
-        self.urgent_at = -math.inf  # loop time a Deployment write was last asked for or finished
+        # Set once no Deployment write has been pending for quiet_s: what deferred writes wait on (one
+        # wake-up each, where polling woke every waiter every quiet_s through a burst).
+        self.calm = asyncio.Event()
+        self.calm.set()
+        self._calm_timer: asyncio.TimerHandle | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, priority: int) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
         urgent = priority == PRIO_DEPLOYMENT
         if urgent:
-            self.urgent += 1
-            self.urgent_at = loop.time()
+            self._urgent_begins()
         else:
-            await self._defer(loop)
+            await self._defer()
         try:
             await self._acquire(priority)
             try:
                 yield
             finally:
+                if urgent:  # first: writes waiting for calm line up before the slot is handed on
+                    self._urgent_ends()
+                    urgent = False
                 self._release()
         finally:
             if urgent:
-                self.urgent -= 1
-                self.urgent_at = loop.time()
+                self._urgent_ends()
 
-    async def _defer(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = loop.time() + self.max_defer_s
-        while (now := loop.time()) < deadline:
-            quiet_for = now - self.urgent_at if self.urgent == 0 else 0.0
-            if quiet_for >= self.quiet_s:
-                return
-            await asyncio.sleep(min(self.quiet_s - quiet_for, deadline - now))
+    def _urgent_begins(self) -> None:
+        self.urgent += 1
+        self.calm.clear()
+        if self._calm_timer is not None:
+            self._calm_timer.cancel()
+            self._calm_timer = None
+
+    def _urgent_ends(self) -> None:
+        self.urgent -= 1
+        if self.urgent == 0:
+            if self.quiet_s <= 0:
+                self.calm.set()
+            else:
+                self._calm_timer = asyncio.get_running_loop().call_later(self.quiet_s, self.calm.set)
+
+    async def _defer(self) -> None:
+        if self.calm.is_set():
+            return  # at once, without yielding: a Deployment asked for meanwhile must not overtake it
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_defer_s):
+                await self.calm.wait()
 
     async def _acquire(self, priority: int) -> None:
         if self.free > 0 and not self.waiters:
