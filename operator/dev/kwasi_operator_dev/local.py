@@ -8,6 +8,7 @@ with it, so every call the operator makes is authorised by its own ClusterRole.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -55,8 +56,8 @@ def wait_established(kubectl: Kubectl, crd: str, timeout: float = 60) -> None:
     """Until the CRD is Established (`kubectl wait` fails on a CRD so new it has no status yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        out = kubectl("get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
-        if out.strip() == "True":
+        conditions = (json.loads(kubectl("get", "crd", crd, "-o", "json")).get("status") or {}).get("conditions")
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions or ()):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"CRD {crd} not Established after {timeout} s")
