@@ -112,7 +112,8 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
     if trigger in ("create", "update"):
         obj.drifted.clear()
         verb = "Created" if trigger == "create" else "Updated"
-        op.event(key, "Normal", verb, f"applied {', '.join(live)}: {describe(spec)}")
+        applied = ", ".join(k.kind for k in kinds.CHILDREN if k.kind in live)  # in apply order
+        op.event(key, "Normal", verb, f"applied {applied}: {describe(spec)}")
     else:
         report_repairs(op, key, before, live, resync=trigger == "resync")
     publish_soon(op, key)  # with the burst of Deployment/pod events that follows
