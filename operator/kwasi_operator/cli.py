@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = kopf.OperatorRegistry()
     register(registry, Options(resync_s=args.resync_seconds, backoff_s=args.backoff_seconds,
                                status_delay_s=args.status_delay_seconds, max_inflight=args.max_inflight,
-                               namespaces=tuple(args.namespace)))
+                               namespaces=tuple(args.namespace), monitor_labels=dict(args.monitor_label)))
     metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     kopf.run(

@@ -33,6 +33,7 @@ from kwasi_operator.control.reconcile import reconcile
 from kwasi_operator.control.resync import resync_loop
 from kwasi_operator.control.state import Indices, Operator, Options
 from kwasi_operator.kube import Kube
+from kwasi_operator.kube.incluster import login_in_cluster
 from kwasi_operator.render import MANAGED_BY, owner_key
 from kwasi_operator.spec import Obj
 

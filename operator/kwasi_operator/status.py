@@ -155,8 +155,9 @@ def compute(
 
     The Degraded rule (operator/README.md): Degraded=True when the object cannot reach what its spec asks
     without someone acting: the spec cannot be realised (a problem), any pod cannot be scheduled (whether
-    0 or N-1 of N replicas run), or the Deployment reports a failure (ProgressDeadlineExceeded,
-    ReplicaFailure). Starting, rolling out, running and stopped are not degraded.
+    0 or N-1 of N replicas run), a pod's container cannot start (its image, a download, the runtime: in the
+    container's own words), or the Deployment reports a failure (ProgressDeadlineExceeded, ReplicaFailure).
+    Starting, rolling out, running and stopped are not degraded.
     """
     dep = deployment
     replicas = dep.replicas if dep else 0
@@ -217,6 +218,14 @@ def compute(
             ready_c = condition("Ready", ready >= want, reason, f"{detail}; {scheduled['message']}")
             progressing = condition("Progressing", True, "WaitingForScheduling", detail)
             degraded = condition("Degraded", True, reason, scheduled["message"])
+        elif broken := [p for p in pods if p.failure is not None]:
+            failure = broken[0].failure
+            assert failure is not None
+            phase = "Degraded" if ready > 0 else "Failed"
+            message = f"{detail}; pod {broken[0].name}: {failure.message}"
+            ready_c = condition("Ready", False, failure.reason, message)
+            progressing = condition("Progressing", False, failure.reason, message)
+            degraded = condition("Degraded", True, failure.reason, message)
         elif failing is not None:
             phase = "Degraded"
             ready_c = condition("Ready", False, failing[0], f"{detail}; {failing[1]}")

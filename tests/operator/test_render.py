@@ -9,7 +9,6 @@ from kwasi_operator.render import (
     deployment,
     horizontal_pod_autoscaler,
     inference_pool,
-    monitors,
     pod_disruption_budget,
     render,
     scaled_object,
@@ -189,13 +188,19 @@ def test_keda_scaled_object_when_installed_else_hpa() -> None:
     assert kv_hpa is not None and kv_hpa["spec"]["metrics"][0]["object"]["target"]["averageValue"] == "800m"
 
 
-def test_monitors_label_series_with_the_name_the_query_selects() -> None:
-    spec = Spec.parse({**BASE, "metrics": {"serviceMonitor": True, "podMonitor": True}})
-    sm, pm = monitors("a", "n", spec)
-    relabel = [{"sourceLabels": ["__meta_kubernetes_pod_label_kwasi_dev_wasminference"],
-                "targetLabel": "wasminference"}]
-    assert sm["spec"]["endpoints"][0]["relabelings"] == relabel
-    assert pm["spec"]["podMetricsEndpoints"][0]["relabelings"] == relabel
+def test_monitors_label_series_with_the_object_and_take_default_labels() -> None:
+    spec = Spec.parse({**BASE, "metrics": {"serviceMonitor": True, "podMonitor": True, "labels": {"release": "k"}}})
+    service_monitor, pod_monitor = render("a", "n", spec, {"ServiceMonitor", "PodMonitor"},
+                                          {"release": "default", "team": "ml"})[2:]
+    for monitor, endpoints in ((service_monitor, "endpoints"), (pod_monitor, "podMetricsEndpoints")):
+        assert monitor["metadata"]["labels"]["release"] == "k"  # the spec's own label wins
+        assert monitor["metadata"]["labels"]["team"] == "ml"
+        assert monitor["metadata"]["labels"]["kwasi.dev/wasminference"] == "a"
+        [endpoint] = monitor["spec"][endpoints]
+        # The pod label kwasi.dev/wasminference as Prometheus' Kubernetes discovery names it: the series label
+        # the dashboards and the default KEDA query select on.
+        assert endpoint["relabelings"] == [{"sourceLabels": ["__meta_kubernetes_pod_label_kwasi_dev_wasminference"],
+                                            "targetLabel": "wasminference"}]
 
 
 def test_inference_pool_selects_the_pods_and_names_the_metrics() -> None:

@@ -42,6 +42,8 @@ async def publish(op: Operator, key: st.Key) -> None:
     cache = next(iter(op.indices.claims.get(key, ())), None) or obj.cache_claim
     before = obj.published
     new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service, cache)
+    want = obj.desired.replicas if obj.desired.replicas is not None else int(new.get("replicas", 0))
+    metrics.set_replicas(*key, desired=want, ready=int(new.get("readyReplicas", 0)))
     if st.same(before, new):
         return
     try:

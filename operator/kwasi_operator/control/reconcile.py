@@ -80,7 +80,7 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
     if problem is not None:
         await _fail(op, key, problem)
 
-    manifests = render(name, namespace, spec, available)
+    manifests = render(name, namespace, spec, available, op.options.monitor_labels)
     kopf.append_owner_reference(manifests, owner=cast(kopf.Body, body))
     before = dict(obj.seen or {})
     seen = obj.seen = obj.seen or {}

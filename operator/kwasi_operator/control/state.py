@@ -18,7 +18,6 @@ from kwasi_operator import kinds, metrics
 from kwasi_operator import status as st
 from kwasi_operator.control.workqueue import WorkQueue
 from kwasi_operator.kube import ApiError, Kube
-from kwasi_operator.kube.client import CHILD_KINDS
 from kwasi_operator.spec import Obj
 
 log = logging.getLogger("kwasi_operator")
@@ -32,6 +31,7 @@ class Options:
     status_delay_s: float = 0.5  # coalescing window for status updates caused by child events
     max_inflight: int = 32  # concurrent writes to the API server (Deployments first)
     namespaces: tuple[str, ...] = ()  # watched namespaces; none: all
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)  # on every ServiceMonitor/PodMonitor
 
 
 class Retry(Exception):
@@ -98,8 +98,8 @@ class Operator:
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.work)
         metrics.watch_queue(self.queue.depth)
-        for kind in CHILD_KINDS:  # at 0 from start-up, so the first repair shows in rate()
-            metrics.REPAIRS.labels(kind=kind)
+        for child in kinds.CHILDREN:  # at 0 from start-up, so the first repair shows in rate()
+            metrics.REPAIRS.labels(kind=child.kind)
 
     def client(self) -> Kube:
         if self.kube is None:

@@ -9,7 +9,7 @@ Deployment), ``scaling`` (PDB, HPA, ScaledObject), ``serving`` (Service, monitor
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from kwasi_operator import kinds
 from kwasi_operator.render.meta import (
@@ -41,9 +41,11 @@ __all__ = [
 ]
 
 
-def render(name: str, namespace: str, spec: Spec, available: Collection[str] = ()) -> list[Obj]:
+def render(name: str, namespace: str, spec: Spec, available: Collection[str] = (),
+           monitor_labels: Mapping[str, str] | None = None) -> list[Obj]:
     """Every child the spec asks for, in apply order (kinds.CHILDREN). ``available``: kinds from other
-    projects' CRDs that are installed (a child of another such kind is left out)."""
+    projects' CRDs that are installed (a child of another such kind is left out); ``monitor_labels``: the
+    operator's --monitor-label, on every monitor."""
     keda = uses_keda(spec, available)
     children = [
         model_cache_claim(name, namespace, spec),
@@ -51,7 +53,7 @@ def render(name: str, namespace: str, spec: Spec, available: Collection[str] = (
         service(name, namespace, spec),
         pod_disruption_budget(name, namespace, spec),
         scaled_object(name, namespace, spec) if keda else horizontal_pod_autoscaler(name, namespace, spec),
-        *monitors(name, namespace, spec),
+        *monitors(name, namespace, spec, monitor_labels),
         inference_pool(name, namespace, spec),
     ]
     return [c for c in children if c is not None and (not kinds.BY_KIND[c["kind"]].crd or c["kind"] in available)]

@@ -24,21 +24,31 @@ def service(name: str, namespace: str, spec: Spec) -> Obj:
     })
 
 
-def monitors(name: str, namespace: str, spec: Spec) -> list[Obj]:
-    """ServiceMonitor / PodMonitor as asked; the caller drops them when the CRDs are absent. Both label
-    every series with the WasmInference's name (``wasminference``): what the ScaledObject queries."""
+# Every runtime series gets the object's name as `wasminference` (the dashboards' variable and what the
+# ScaledObject's query selects), from the pod label as Prometheus' Kubernetes discovery names it.
+WASMINFERENCE_RELABEL: Obj = {
+    "sourceLabels": ["__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in INSTANCE_LABEL)],
+    "targetLabel": SERIES_LABEL,
+}
+
+
+def monitors(name: str, namespace: str, spec: Spec, default_labels: Mapping[str, str] | None = None) -> list[Obj]:
+    """ServiceMonitor / PodMonitor as asked; the caller drops them when the CRDs are absent. `default_labels`
+    (the operator's --monitor-label, e.g. kube-prometheus-stack's `release`) yield to the operator's own and
+    the spec's."""
     metrics = spec.section("metrics")
     interval = metrics.get("interval", "15s")
-    extra = {"labels": dict(metrics.get("labels", {}))}
-    source = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in INSTANCE_LABEL)
-    relabel = [{"sourceLabels": [source], "targetLabel": SERIES_LABEL}]
-    endpoint: dict[str, Any] = {"port": "http", "path": "/metrics", "interval": interval, "relabelings": relabel}
+    endpoint: dict[str, Any] = {"port": "http", "path": "/metrics", "interval": interval,
+                                "relabelings": [WASMINFERENCE_RELABEL]}
     out: list[Obj] = []
     for kind, wanted, endpoints in ((kinds.SERVICE_MONITOR, "serviceMonitor", "endpoints"),
                                     (kinds.POD_MONITOR, "podMonitor", "podMetricsEndpoints")):
         if metrics.get(wanted):
             body = {"selector": {"matchLabels": selector(name)}, endpoints: [endpoint]}
-            out.append(manifest(kind, name, namespace, body, extra))
+            monitor = manifest(kind, name, namespace, body)
+            own = monitor["metadata"]["labels"]
+            monitor["metadata"]["labels"] = {**(default_labels or {}), **own, **metrics.get("labels", {})}
+            out.append(monitor)
     return out
 
 
