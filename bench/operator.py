@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,12 +37,14 @@ from kubernetes.aio import config as k8s_config
 from kubernetes.aio import watch as k8s_watch
 from kubernetes.aio.client.exceptions import ApiException
 
-from kwasi_operator import kinds
-from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
-
 BENCH = Path(__file__).resolve().parent
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from kwasi_operator import kinds  # noqa: E402
+from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig  # noqa: E402
+from kwasi_testing.net import free_ports  # noqa: E402
+
 CLUSTER = REPO / "hack" / "cluster" / "cluster.sh"
 TARGET_READY_S = 60.0
 TARGET_P50_RATIO = 1.2  # ours / the bare controller's, same cluster, same burst
@@ -209,16 +210,6 @@ async def burst(kubeconfig: Path, n: int, concurrency: int, until: str, timeout:
         "p50_dep_ready_s": statistics.median([t - t0 for t in dep_ready.values()] or [float("inf")]),
         "status_lag_p50_s": statistics.median([ready[k] - dep_ready[k] for k in ready if k in dep_ready] or [0.0]),
     }
-
-
-def free_ports(k: int) -> list[int]:
-    socks = [socket.socket() for _ in range(k)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_cluster(run_dir: Path) -> tuple[Path, dict[str, str]]:

@@ -6,7 +6,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the fixture's type; not imported at run time (conftest is not a package module)
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 GPU = "nvidia.com/gpu"
 EXPECTED_GPUS = {"kwok-gpu-a100": "4", "kwok-gpu-h100": "8", "kwok-cpu": None}

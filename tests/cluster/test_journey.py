@@ -14,8 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.conftest import wait_until
-from cluster.journey import (
+
+from kwasi_testing.cluster import wait_until
+from kwasi_testing.journey import (
     CPU_SAMPLE,
     NAME,
     QUESTION,
@@ -29,10 +30,10 @@ from cluster.journey import (
     timestamp,
     wait_serving,
 )
-from cluster.objects import children, cond, get
+from kwasi_testing.kube_objects import children, cond, get
 
 if TYPE_CHECKING:
-    from cluster.conftest import Journey
+    from kwasi_testing.cluster import Journey
 
 Obj = dict[str, Any]
 

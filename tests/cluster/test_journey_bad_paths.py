@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from cluster.conftest import wait_until
-from cluster.journey import CPU_SAMPLE, START_TIMEOUT_S, ask, pods, say, wait_serving
-from cluster.objects import children, cond, get
 
 from kwasi_runtime.sample_models import smollm2_gguf
+from kwasi_testing.cluster import wait_until
 from kwasi_testing.guests import wat_guest
+from kwasi_testing.journey import CPU_SAMPLE, START_TIMEOUT_S, ask, pods, say, wait_serving
+from kwasi_testing.kube_objects import children, cond, get
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster, Journey
+    from kwasi_testing.cluster import Cluster, Journey
 
 Obj = dict[str, Any]
 # Everything in the namespace apart from the WasmInference under test and what it makes.

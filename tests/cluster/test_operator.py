@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import (
+
+from kwasi_operator_dev.local import (
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+    OperatorProcess,
+)
+from kwasi_testing.kube_objects import (
     SHA,
     children,
     cond,
@@ -30,14 +36,8 @@ from cluster.objects import (
     wasminference,
 )
 
-from kwasi_operator_dev.local import (
-    NAMESPACE,
-    SERVICE_ACCOUNT,
-    OperatorProcess,
-)
-
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
 A100 = "NVIDIA-A100-SXM4-40GB"

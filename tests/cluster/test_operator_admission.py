@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import get, namespace, wasminference
+
+from kwasi_testing.kube_objects import get, namespace, wasminference
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "kwasi.dev_wasminferences.yaml"
 

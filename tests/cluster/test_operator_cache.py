@@ -9,12 +9,21 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import SHA, Obj, get, namespace_fixture, operator_fixture, wait_for, wait_ready, wasminference
 
 from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
+    SHA,
+    Obj,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    wait_for,
+    wait_ready,
+    wasminference,
+)
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 URL_MODEL = [{"name": "default", "encoding": "ggml", "source": {"url": "https://models.invalid/m.gguf", "sha256": SHA}}]
 

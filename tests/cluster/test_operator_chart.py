@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from cluster.conftest import wait_until
-from cluster.objects import children, get, wait_ready, wasminference
 
 from kwasi_operator_dev.local import Kubectl, OperatorProcess, service_account_kubeconfig
+from kwasi_testing.cluster import wait_until
+from kwasi_testing.kube_objects import children, get, wait_ready, wasminference
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kwasi-operator"

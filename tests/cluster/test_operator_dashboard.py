@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
-from cluster.objects import get, wait_ready, wasminference
 
 from kwasi_dashboards import catalog
 from kwasi_dashboards.boards import operator as operator_board
 from kwasi_dashboards.evaluate import Choice, Prometheus, Window, evaluate
 from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig
+from kwasi_testing.kube_objects import get, wait_ready, wasminference
 from kwasi_testing.prometheus import PrometheusServer, Target, binaries
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 SCRAPE_S = 1.0
 # What a ServiceMonitor with honorLabels gives the operator's series in a cluster.

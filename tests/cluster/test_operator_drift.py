@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cluster.objects import (
+from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
     cond,
     events,
     get,
@@ -23,10 +24,8 @@ from cluster.objects import (
     wasminference,
 )
 
-from kwasi_operator_dev.local import OperatorProcess
-
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 REPAIR_S = 5.0
 

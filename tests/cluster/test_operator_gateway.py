@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from cluster.objects import (
+from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
     Obj,
     extra_crd,
     get,
@@ -17,10 +18,8 @@ from cluster.objects import (
     wasminference,
 )
 
-from kwasi_operator_dev.local import OperatorProcess
-
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 POOL = "inferencepools.inference.networking.k8s.io"
 

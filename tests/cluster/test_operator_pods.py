@@ -7,12 +7,20 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cluster.objects import Obj, cond, get, namespace_fixture, operator_fixture, wait_for, wait_ready, wasminference
-
 from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
+    Obj,
+    cond,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    wait_for,
+    wait_ready,
+    wasminference,
+)
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 A100 = "NVIDIA-A100-SXM4-40GB"  # the kwok A100 node: 4 GPUs
 H100 = "NVIDIA-H100-80GB-HBM3"

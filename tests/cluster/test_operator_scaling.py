@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.objects import (
+from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
     Obj,
     cond,
     extra_crd,
@@ -20,10 +21,8 @@ from cluster.objects import (
     wasminference,
 )
 
-from kwasi_operator_dev.local import OperatorProcess
-
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 SO = "scaledobjects.keda.sh"

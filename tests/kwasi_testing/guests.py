@@ -9,8 +9,9 @@ import pytest
 import wasmtime
 
 from kwasi_runtime.sandbox import GuestInstance
+from kwasi_testing import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 BUILT_GUESTS = ROOT / "build" / "guests"
 WAT_GUESTS = ROOT / "tests" / "runtime" / "guests"
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from kwasi_testing import REPO
 from kwasi_testing.net import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "hack" / "cluster" / "prometheus.sh"
 BUILD_TIMEOUT_S = 3600.0
 

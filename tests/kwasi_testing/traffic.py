@@ -20,10 +20,9 @@ from pathlib import Path
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from kwasi_testing import REPO
 from kwasi_testing.net import free_port
 from kwasi_testing.serving import request
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class RuntimeProcess:

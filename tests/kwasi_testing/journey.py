@@ -11,17 +11,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from cluster.objects import cond, get
 from openai import OpenAI
 
-if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+from kwasi_testing import REPO
+from kwasi_testing.kube_objects import cond, get
 
-REPO = Path(__file__).resolve().parents[2]
+if TYPE_CHECKING:
+    from kwasi_testing.cluster import Cluster
+
 SAMPLES = REPO / "operator" / "deploy" / "samples"
 CPU_SAMPLE = SAMPLES / "smollm2-cpu.yaml"
 NAME = yaml.safe_load(CPU_SAMPLE.read_text())["metadata"]["name"]

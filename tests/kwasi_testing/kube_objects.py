@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from kwasi_operator_dev.local import Kubectl, OperatorProcess, install, service_account_kubeconfig, wait_established
+from kwasi_testing import REPO
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 SHA = "a" * 64
 Obj = dict[str, Any]
@@ -103,7 +104,6 @@ def uid(cluster: Cluster, ns: str, *what: str) -> str | None:
     return obj["metadata"]["uid"] if obj else None
 
 
-REPO = Path(__file__).resolve().parents[2]
 EXTRA_CRDS = REPO / "hack" / "cluster" / "extra-crds.sh"
 
 
