@@ -12,7 +12,7 @@ ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
 	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
 
-.PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture
+.PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture protos
 
 $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml operator/dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.to
 	touch $@
 
 install: $(VENV)/.installed
+
+# NNRPC stubs are committed; tests/runtime/nnrpc/test_proto.py fails when they differ from what this makes.
+PROTO_DIR := runtime/kwasi_runtime/nnrpc/proto
+protos: install
+	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) $(PROTO_DIR)/*.proto
 
 guests: $(GUESTS)
 
