@@ -10,7 +10,8 @@ export ZIG_LOCAL_CACHE_DIR := $(abspath $(BUILD)/zig-cache)
 ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
-	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
+	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm \
+	$(GUEST_OUT)/llm_compute.wasm $(GUEST_OUT)/llm_chat.wasm
 
 .PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture protos
 

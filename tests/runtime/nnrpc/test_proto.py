@@ -69,18 +69,19 @@ def test_wasmedge_wire_is_exactly_wasmedges() -> None:
         message = file.message_types_by_name[name]
         got = [(f.name, f.number, f.type, f.is_repeated) for f in message.fields]
         assert got == fields, name
-    ty = file.message_types_by_name["Tensor"].fields_by_name["ty"]
-    assert ty.enum_type.full_name == "wasi_ephemeral_nn.TensorType"
-    assert [(v.name, v.number) for v in ty.enum_type.values] == [
+    ty = file.message_types_by_name["Tensor"].fields_by_name["ty"].enum_type
+    assert ty is not None and ty.full_name == "wasi_ephemeral_nn.TensorType"
+    assert [(v.name, v.number) for v in ty.values] == [
         ("FP16", 0), ("FP32", 1), ("FP64", 2), ("BF16", 3), ("U8", 4), ("I32", 5), ("I64", 6)]
     assert file.message_types_by_name["Tensor"].fields_by_name["dimensions"].is_packed
-    assert file.message_types_by_name["SetInputRequest"].fields_by_name["tensor"].message_type.name == "Tensor"
+    tensor = file.message_types_by_name["SetInputRequest"].fields_by_name["tensor"].message_type
+    assert tensor is not None and tensor.name == "Tensor"
     assert set(file.services_by_name) == set(WASMEDGE_SERVICES)
-    for service, methods in WASMEDGE_SERVICES.items():
+    for service, signatures in WASMEDGE_SERVICES.items():
         desc = file.services_by_name[service]
-        got = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in desc.methods}
-        assert got == {n: tuple(t if t == EMPTY else f"wasi_ephemeral_nn.{t}" for t in io)
-                       for n, io in methods.items()}, service
+        methods = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in desc.methods}
+        assert methods == {n: tuple(t if t == EMPTY else f"wasi_ephemeral_nn.{t}" for t in io)
+                           for n, io in signatures.items()}, service
         assert not any(m.client_streaming or m.server_streaming for m in desc.methods)
 
 

@@ -136,6 +136,10 @@ class Sessions:
         table[key] = session
         self._on_change(len(self._by_id) + len(self._anonymous))
 
+    def get(self, sid: str) -> ServerSession | None:
+        with self._lock:
+            return self._by_id.get(sid)
+
     def open(self, peer: str, client: str) -> ServerSession:
         session = ServerSession(secrets.token_urlsafe(24), peer, client, anonymous=False)
         with self._lock:
