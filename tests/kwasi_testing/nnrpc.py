@@ -76,6 +76,11 @@ def wait_serving(target: str, timeout: float = 120.0, credentials: grpc.ChannelC
         time.sleep(0.2)
 
 
+def raw_unary(channel: grpc.Channel, path: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A method called with the request's bytes as they are (malformed ones included)."""
+    return channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)
+
+
 def cli(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "kwasi_runtime.cli", *map(str, args)]
 

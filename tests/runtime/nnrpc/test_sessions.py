@@ -24,7 +24,7 @@ from kwasi_runtime.nnrpc import wire
 from kwasi_runtime.nnrpc.client.connection import Session
 from kwasi_runtime.nnrpc.client.remote import RemoteContext, RemoteGraph, RemoteModels
 from kwasi_runtime.nnrpc.server.app import NNRpcServer
-from kwasi_testing.nnrpc import client_host, preload_host, quiet_env, rpc_server
+from kwasi_testing.nnrpc import client_host, preload_host, quiet_env, raw_unary, rpc_server
 
 GREEDY = json.dumps({"temp": 0}).encode()
 
@@ -149,9 +149,8 @@ def busy_call(ctx: RemoteContext, timeout: float | None) -> tuple[grpc.RpcError,
     """A plain ComputeSingle on `ctx` while its own stream holds it on the server."""
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
-        ctx.conn._channel.unary_unary(wire.COMPUTE_SINGLE.path)(
-            wire.COMPUTE_SINGLE.request(resource_handle=ctx.handle).SerializeToString(),  # type: ignore[arg-type]
-            timeout=timeout,
+        raw_unary(ctx.conn._channel, wire.COMPUTE_SINGLE.path)(
+            wire.COMPUTE_SINGLE.request(resource_handle=ctx.handle).SerializeToString(), timeout=timeout,
             metadata=ctx.conn.metadata(ctx.session))
     return e.value, time.monotonic() - started
 

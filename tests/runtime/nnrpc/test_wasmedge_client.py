@@ -21,7 +21,7 @@ import pytest
 from kwasi_runtime.nnrpc.server.app import NNRpcServer
 from kwasi_runtime.nnrpc.server.security import Security, unix_path
 from kwasi_testing.net import free_port
-from kwasi_testing.nnrpc import generated_stubs, preload_host, rpc_server, wait_serving
+from kwasi_testing.nnrpc import generated_stubs, preload_host, raw_unary, rpc_server, wait_serving
 
 U8 = 3  # WasmEdge puts its witx number for u8 in Tensor.ty (the enum's label for 3 is BF16)
 
@@ -121,8 +121,7 @@ def test_wasmedge_clients_on_separate_connections_do_not_share_handles(
 def raw_call(target: str, path: str, payload: bytes) -> grpc.RpcError | bytes:
     with grpc.insecure_channel(target) as channel:
         try:
-            reply: bytes = channel.unary_unary(path)(payload, timeout=10)  # type: ignore[arg-type]
-            return reply
+            return raw_unary(channel, path)(payload, timeout=10)
         except grpc.RpcError as e:
             return e
 

@@ -109,6 +109,10 @@ class NNRpcServer:
             self._status.start()
         return self.port
 
+    @property
+    def metrics_port(self) -> int:
+        return self._status.port if self._status else 0
+
     def not_ready(self) -> str | None:
         if self._stopped.is_set():
             return "stopping"

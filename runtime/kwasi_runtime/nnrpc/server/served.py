@@ -11,6 +11,7 @@ Metadata set with set_input(1) while steps are pending applies from the first st
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field
 
 from kwasi_runtime.nn.abi import Errno, NNError
 from kwasi_runtime.nn.backend_api import ExecutionContext, Graph, Tensor
+from kwasi_runtime.serve import metering
 
 METADATA_INDEX = 1  # WasmEdge GGML: index 1 carries the metadata JSON both ways
+METRICS_MODULE = "nnrpc"  # the `module` label of token metrics made for RPC clients
 VIEW_INDICES = (0, METADATA_INDEX)  # outputs a view records, besides the stream's own index
 
 Output = bytes | Errno  # an output, or the errno asking for it gave
@@ -52,6 +55,8 @@ class ServedContext(ExecutionContext):
         self._lock = threading.Lock()
         self.pending: deque[Step] = deque()
         self.view: dict[tuple[bool, int], Output] | None = None  # the client's outputs while steps are pending
+        # A prompt starts a "request" for the token metrics (time to first token, inter-token latency).
+        self.record: metering.RequestRecord | None = None
 
     @contextmanager
     def use(self, timeout_s: float) -> Iterator[ServedContext]:
@@ -61,8 +66,10 @@ class ServedContext(ExecutionContext):
         try:
             if self.closed:
                 raise NNError(Errno.INVALID_ARGUMENT, "the execution context was finalized")
+            metering.bind(self.record)
             yield self
         finally:
+            metering.bind(None)
             self._lock.release()
 
     def _drop_pending(self) -> None:
@@ -78,6 +85,8 @@ class ServedContext(ExecutionContext):
     def set_input(self, index: int, tensor: Tensor) -> None:
         if index != METADATA_INDEX:
             self._drop_pending()
+            self.record = metering.RequestRecord(time.monotonic(), METRICS_MODULE)
+            metering.bind(self.record)
         self.inner.set_input(index, tensor)
 
     def compute(self) -> None:
