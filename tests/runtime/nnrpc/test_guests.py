@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from kwasi_runtime.nn.abi import ExecutionTarget
 from kwasi_runtime.nnrpc.server.app import NNRpcServer
 from kwasi_testing.guests import built_guest
 from kwasi_testing.models import smollm2_gguf
+from kwasi_testing.net import free_port
 from kwasi_testing.nnrpc import cli, client_host, preload_host, quiet_env, rpc_server
 from kwasi_testing.serving import ServerThread
 
@@ -108,3 +112,30 @@ def test_serve_with_remote_models_answers_as_with_local_ones(server: NNRpcServer
         finally:
             s.stop()
     assert answers[0] == answers[1] and answers[0][2] == 12
+
+
+def test_serve_cli_takes_its_models_from_the_rpc_server(server: NNRpcServer) -> None:
+    port = free_port()
+    proc = subprocess.Popen(cli("serve", "--nn-rpc-uri", server.config.uri, "--host", "127.0.0.1", "--port", str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=quiet_env())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while request_status(f"{url}/readyz") != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.3)
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+            assert [m.id for m in client.models.list()] == ["default"]
+            reply = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=8)
+        assert reply.usage is not None and reply.usage.completion_tokens == 8
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+def request_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return int(reply.status)
+    except (urllib.error.URLError, ConnectionError):
+        return 0
