@@ -50,12 +50,13 @@ def stream(ctx: ExecutionContext, limit: int = 400) -> tuple[bytes, Errno]:
     raise AssertionError("no end of stream")
 
 
-def kv_usage(server: NNRpcServer, name: str = "default") -> float:
+def kv_usage(server: NNRpcServer, name: str = "default") -> int:
+    """Streams holding a KV slot of the named model."""
     model = server.models.get(name)
     assert model is not None
     usage = model.kv_cache_usage()
     assert usage is not None
-    return usage
+    return usage.streams
 
 
 def sample(server: NNRpcServer, name: str, **labels: str) -> float:
@@ -93,14 +94,14 @@ def test_unload_finalize_and_load_from_bytes(server: NNRpcServer, scripted_gguf:
     ctx = graph.init_execution_context()
     ctx.set_input(0, u8(b"A"))
     ctx.compute_single()
-    assert kv_usage(server) == 0.0  # bytes-loaded models are not the named model's slots
+    assert kv_usage(server) == 0  # bytes-loaded models are not the named model's slots
     assert stream(ctx) == (b"orld", Errno.END_OF_SEQUENCE)
     named = context(host)
     named.set_input(0, u8(b"A"))
     named.compute_single()
-    assert kv_usage(server) == 0.25
+    assert kv_usage(server) == 1
     named.close()  # finalize_execution_context: the slot is back at once, not when the client goes
-    assert kv_usage(server) == 0.0 and len(session.table.contexts) == 1
+    assert kv_usage(server) == 0 and len(session.table.contexts) == 1
     ctx.close()
     graph.close()
     assert not session.table.contexts and len(session.table.graphs) == 1  # the named graph, still in use here
@@ -127,13 +128,13 @@ def test_a_client_killed_mid_stream_gives_its_slot_back(server: NNRpcServer) -> 
                              env={**quiet_env(), "PYTHONPATH": str(Path(__file__).parents[2])})
     try:
         assert child.stdout is not None and child.stdout.readline() == "streaming\n"
-        assert kv_usage(server, "random") == 0.25 and len(server.sessions) == 1
+        assert kv_usage(server, "random") == 1 and len(server.sessions) == 1
         child.kill()
         child.wait(10)
         deadline = time.monotonic() + 20
         while (kv_usage(server, "random") or len(server.sessions)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert kv_usage(server, "random") == 0.0 and len(server.sessions) == 0
+        assert kv_usage(server, "random") == 0 and len(server.sessions) == 0
         assert sample(server, "kwasi_nnrpc_sessions") == 0
     finally:
         child.kill()

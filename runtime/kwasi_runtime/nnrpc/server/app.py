@@ -20,6 +20,7 @@ from kwasi_runtime.nn.host import NNHost
 from kwasi_runtime.nnrpc import wire
 from kwasi_runtime.nnrpc.server.http import StatusServer
 from kwasi_runtime.nnrpc.server.security import Security, listen, remove_socket
+from kwasi_runtime.nnrpc.server.served import METRICS_MODULE
 from kwasi_runtime.nnrpc.server.services import NNRpcServices
 from kwasi_runtime.nnrpc.server.sessions import Sessions
 from kwasi_runtime.serve.metering import Meter, meter_models
@@ -58,7 +59,9 @@ class NNRpcServer:
             model = self.models.get(name)
             assert model is not None
             model.set_stream_slots(config.max_concurrency)
-            self.metrics.kv_usage_sources[name] = meter.kv_usage_source(name, model, config.max_concurrency)
+            self.metrics.kv_usage_sources[name] = model.kv_cache_usage
+            self.metrics.declare_model(name)
+            self.metrics.declare(name, METRICS_MODULE)
         self.sessions = Sessions(config.max_sessions, config.idle_session_s, self.rpc_metrics.sessions.set)
         self.services = NNRpcServices(self.models, host.backends, host.options.tensor_types, self.sessions,
                                       self.rpc_metrics, config.call_timeout_s)
@@ -75,7 +78,11 @@ class NNRpcServer:
             model = self.models.get(name)
             assert model is not None
             started = time.monotonic()
-            model.graph(None).close()
+            try:
+                model.graph(None).close()
+            except Exception:
+                self.metrics.model_load_failures.labels(model=name).inc()
+                raise
             self.metrics.model_load.labels(model=name).set(time.monotonic() - started)
         self.ready = True
         for service in ("", *wire.WASMEDGE_SERVICES, *wire.KWASI_SERVICES):
