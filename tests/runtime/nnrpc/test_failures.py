@@ -45,3 +45,10 @@ def test_a_server_killed_mid_stream_fails_the_guest_cleanly_and_a_restart_serves
         r = subprocess.run(cli(*guest[:-1], chat, json.dumps({"chat": True, "temp": 0, "n-gpu-layers": 0})),
                            capture_output=True, text=True, timeout=300, env=quiet_env())
     assert r.returncode == 0 and "[stop] code 100" in r.stderr, r.stderr
+
+
+def test_serve_does_not_start_without_the_servers_model_list(tmp_path: Path) -> None:
+    uri = f"unix://{tmp_path}/nobody.sock"
+    r = subprocess.run(cli("serve", "--nn-rpc-uri", uri, "--nn-rpc-connect-timeout", "0.5", "--port", "0"),
+                       capture_output=True, text=True, timeout=120, env=quiet_env())
+    assert r.returncode == 2 and f"--nn-rpc-uri {uri}: cannot list the server's models" in r.stderr, r.stderr

@@ -150,11 +150,12 @@ class Connection:
             session.ended.set()
 
     def models(self) -> list[str]:
-        """The server's named models (empty for a WasmEdge server, which does not list them)."""
+        """The server's named models (none from a WasmEdge server, which does not list them). Raises ValueError
+        when the server cannot be reached within the connect timeout: `serve` cannot start without them."""
         try:
             session = self.session()
-        except NNError:
-            return []
+        except NNError as e:
+            raise ValueError(f"--nn-rpc-uri {self.uri}: cannot list the server's models: {e}") from None
         return list(session.models) if session else []
 
     # --- calls ---------------------------------------------------------------------------------------------
