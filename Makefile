@@ -37,7 +37,7 @@ $(GUEST_OUT)/classify_named.wasm: guests/classify.c guests/wasi_nn.h $(VENV)/.in
 
 $(GUEST_OUT)/openai_chat.wasm: guests/openai_json.h
 
-$(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
+$(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h guests/llm_prompt.h $(VENV)/.installed
 	@mkdir -p $(GUEST_OUT)
 	$(ZIGCC) -o $@ $<
 

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "wasi_nn.h"
+#include "llm_prompt.h"
 
 int main(int argc, char **argv) {
   if (argc < 3) {
@@ -21,21 +21,7 @@ int main(int argc, char **argv) {
   const char *config = argc > 3 ? argv[3] : "{\"enable-log\":false,\"ctx-size\":1024}";
   uint32_t size = argc > 4 ? (uint32_t)strtoul(argv[4], NULL, 10) : 24576;
   uint32_t graph, ctx, err, written = 0;
-  err = nn_load_by_name_with_config(name, (uint32_t)strlen(name), config, (uint32_t)strlen(config), &graph);
-  if (err) {
-    fprintf(stderr, "load_by_name_with_config failed: %u\n", err);
-    return err == NN_MODEL_NOT_FOUND ? 3 : 1;
-  }
-  if ((err = nn_init_execution_context(graph, &ctx))) {
-    fprintf(stderr, "init_execution_context failed: %u\n", err);
-    return 1;
-  }
-  uint32_t dims[1] = {1};
-  nn_tensor input = {dims, 1, NN_U8, (const uint8_t *)prompt, (uint32_t)strlen(prompt)};
-  if ((err = nn_set_input(ctx, 0, &input))) {
-    fprintf(stderr, "set_input failed: %u\n", err);
-    return 1;
-  }
+  if ((err = llm_open(name, config, prompt, &graph, &ctx))) return err == NN_MODEL_NOT_FOUND ? 3 : 1;
   uint32_t computed = nn_compute(ctx);
   if (computed && computed != NN_CONTEXT_FULL) {  // text generated before a full context stays readable
     fprintf(stderr, "compute failed: %u\n", computed);

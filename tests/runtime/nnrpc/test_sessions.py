@@ -39,7 +39,8 @@ def context(host: NNHost, name: str = "default", config: bytes | None = GREEDY) 
     return model.graph(config).init_execution_context()
 
 
-def stream(ctx: ExecutionContext, limit: int = 400) -> tuple[bytes, Errno]:
+def stream(ctx: ExecutionContext, limit: int = 400, pause_s: float = 0.0) -> tuple[bytes, Errno]:
+    """Every piece until the errno that ends the stream; `pause_s` of guest work between tokens."""
     out = b""
     for _ in range(limit):
         try:
@@ -47,6 +48,7 @@ def stream(ctx: ExecutionContext, limit: int = 400) -> tuple[bytes, Errno]:
         except NNError as e:
             return out, e.errno
         out += ctx.get_output_single(0)
+        time.sleep(pause_s)
     raise AssertionError("no end of stream")
 
 
@@ -196,15 +198,7 @@ def test_long_streams_move_to_fresh_calls_without_losing_a_token(server: NNRpcSe
     results = []
     for ctx in (local, remote):
         ctx.set_input(0, u8(b"once"))
-        out, end = b"", Errno.SUCCESS
-        for _ in range(200):
-            try:
-                ctx.compute_single()
-            except NNError as e:
-                end = e.errno
-                break
-            out += ctx.get_output_single(0)
-            time.sleep(0.002)
+        out, end = stream(ctx, pause_s=0.002)
         results.append((out, end, json.loads(ctx.get_output(1))["output_tokens"]))
     assert results[0] == results[1] and results[0][1] == Errno.CONTEXT_FULL
     assert sample(server, "kwasi_nnrpc_calls_total", method="Generate") - before >= 2

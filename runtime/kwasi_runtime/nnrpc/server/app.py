@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -53,7 +52,7 @@ class NNRpcServer:
         self.config = config
         self.metrics = metrics or Metrics()
         self.rpc_metrics = RpcMetrics(self.metrics.registry)
-        meter = Meter(self.metrics)
+        self.meter = meter = Meter(self.metrics)
         self.models = meter_models(host.models, meter)
         for name in self.models.names():
             model = self.models.get(name)
@@ -74,16 +73,7 @@ class NNRpcServer:
 
     def prepare(self) -> None:
         """Loads every model's weights now (backends may do it lazily), so no client pays for it."""
-        for name in self.models.names():
-            model = self.models.get(name)
-            assert model is not None
-            started = time.monotonic()
-            try:
-                model.graph(None).close()
-            except Exception:
-                self.metrics.model_load_failures.labels(model=name).inc()
-                raise
-            self.metrics.model_load.labels(model=name).set(time.monotonic() - started)
+        self.meter.load_models(self.models, self.models.names())
         self.ready = True
         for service in ("", *wire.WASMEDGE_SERVICES, *wire.KWASI_SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
