@@ -5,6 +5,7 @@ per token."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +147,24 @@ def test_a_client_killed_mid_stream_gives_its_slot_back(server: NNRpcServer) -> 
     ctx.set_input(0, u8(b"A"))
     assert stream(ctx) == (b"World", Errno.END_OF_SEQUENCE)
     host.models.close()
+
+
+def test_a_frozen_client_is_dropped_by_keep_alive(tmp_path: Path, random_gguf: Path) -> None:
+    """SIGSTOP: the connection stays open but nothing answers the server's pings; the slot must come back."""
+    with rpc_server(preload_host(f"random:GGML:CPU:{random_gguf}"), f"unix://{tmp_path}/k.sock",
+                    keepalive_s=0.5) as server:
+        child = subprocess.Popen([sys.executable, "-c", CLIENT, server.config.uri], stdout=subprocess.PIPE,
+                                 text=True, env={**quiet_env(), "PYTHONPATH": str(Path(__file__).parents[2])})
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "streaming\n"
+            child.send_signal(signal.SIGSTOP)
+            deadline = time.monotonic() + 20
+            while kv_usage(server, "random") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert kv_usage(server, "random") == 0 and len(server.sessions) == 0
+        finally:
+            child.kill()
+            child.wait(10)
 
 
 def busy_call(ctx: RemoteContext, timeout: float | None) -> tuple[grpc.RpcError, float]:

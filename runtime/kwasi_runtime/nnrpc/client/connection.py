@@ -79,7 +79,8 @@ class Connection:
             ("grpc.max_receive_message_length", o.max_message_bytes),
         ]
         if keepalive:
-            opts += [("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS)]
+            opts += [("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                     ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS)]  # gRPC 1.85's ack wait (else 60 s)
         if o.tls_server_name:
             opts.append(("grpc.ssl_target_name_override", o.tls_server_name))
         if not o.tls:

@@ -27,8 +27,7 @@ from kwasi_runtime.serve.metrics import Metrics, RpcMetrics
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_MS = 30_000  # the server pings idle clients: a vanished one loses its session within ~40 s
-KEEPALIVE_TIMEOUT_MS = 10_000
+MAX_KEEPALIVE_TIMEOUT_S = 10.0  # how long a ping may go unanswered before the connection is dropped
 MIN_CLIENT_PING_MS = 10_000  # clients ping every 30 s (gRPC's default floor, 5 min, would reject that)
 _REAP_EVERY_S = 5.0
 
@@ -41,6 +40,7 @@ class ServerConfig:
     idle_session_s: float = 600.0  # sessions of WasmEdge clients (no id) end after this long without a call
     call_timeout_s: float = 300.0  # no wait inside the server outlasts this, whatever the call's deadline
     max_message_bytes: int = 64 << 20
+    keepalive_s: float = 30.0  # ping quiet clients this often: one that cannot answer (frozen, cut off) is dropped
     grace_s: float = 10.0
     metrics_address: str | None = None
     security: Security = field(default_factory=Security)
@@ -82,11 +82,14 @@ class NNRpcServer:
         """Listens (health answers NOT_SERVING until `prepare` is done); returns the TCP port (0: unix socket)."""
         c = self.config
         workers = 2 * c.max_sessions + 16  # a session's Open call and a Generate stream each hold a thread
+        ping_timeout_ms = int(min(c.keepalive_s, MAX_KEEPALIVE_TIMEOUT_S) * 1000)
         options = [
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.max_receive_message_length", c.max_message_bytes),
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_time_ms", int(c.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", ping_timeout_ms),
+            ("grpc.http2.ping_timeout_ms", ping_timeout_ms),  # what gRPC 1.85 waits for a ping's ack (default 60 s)
+            ("grpc.http2.max_pings_without_data", 0),  # a session's Open call sends no data, and must be pinged
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it

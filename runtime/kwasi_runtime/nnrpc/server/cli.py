@@ -30,6 +30,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest wait inside the server for any call (default %(default)s)")
     p.add_argument("--max-message-mib", type=positive(int), default=d.max_message_bytes >> 20, metavar="MIB",
                    help="largest message received or sent (default %(default)s)")
+    p.add_argument("--keepalive-seconds", type=positive(float), default=d.keepalive_s, metavar="SECONDS",
+                   help="ping quiet clients this often; one that does not answer within min(this, 10 s) is "
+                        "dropped and its session freed (default %(default)s)")
     p.add_argument("--grace-period", type=float, default=d.grace_s, metavar="SECONDS",
                    help="on SIGTERM, how long running calls may finish (default %(default)s)")
     p.add_argument("--metrics-address", default=None, metavar="HOST:PORT",
@@ -53,7 +56,7 @@ def server_main(args: argparse.Namespace) -> int:
     config = ServerConfig(
         uri=args.nn_rpc_uri, max_concurrency=args.max_concurrency, max_sessions=args.max_sessions,
         idle_session_s=args.idle_session_timeout, call_timeout_s=args.call_timeout,
-        max_message_bytes=args.max_message_mib << 20, grace_s=args.grace_period,
+        max_message_bytes=args.max_message_mib << 20, keepalive_s=args.keepalive_seconds, grace_s=args.grace_period,
         metrics_address=args.metrics_address, security=security,
     )
     try:
