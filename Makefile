@@ -77,6 +77,7 @@ bench: install guests
 	$(PY) bench/boundary.py
 	$(PY) bench/decode.py
 	$(PY) bench/serve.py
+	$(PY) bench/nnrpc.py
 
 # A real cluster for the operator and journey tests: kube-apiserver & co., kubelet, containerd and Prometheus
 # built from the Go module proxy into ~/.cache/kwasi-cluster (cold: ~15 min on 2 cores, then reused), the
