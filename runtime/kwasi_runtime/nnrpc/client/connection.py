@@ -129,11 +129,11 @@ class Connection:
                 old.close()
                 return None
             if e.code() == grpc.StatusCode.CANCELLED and not self._closed:
-                raise self._failure("connect", f"not reachable within {o.connect_timeout_s:g}s") from None
+                raise self.failure("connect", f"not reachable within {o.connect_timeout_s:g}s") from None
             raise self.error(wire.OPEN_SESSION.name, e) from None
         except StopIteration:
             timer.cancel()
-            raise self._failure("connect", "the server ended the session at once") from None
+            raise self.failure("connect", "the server ended the session at once") from None
         timer.cancel()
         self._kwasi = True
         session = Session(first.session_id, tuple(first.models), max(1, first.max_window), call=call)
@@ -146,7 +146,7 @@ class Connection:
                 pass
         except grpc.RpcError as e:
             if not self._closed and e.code() != grpc.StatusCode.CANCELLED:
-                self._failure("session", f"{e.code().name}: {e.details()}")
+                self.failure("session", f"{e.code().name}: {e.details()}")
         finally:
             session.ended.set()
 
@@ -190,9 +190,11 @@ class Connection:
         code = e.code()
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return NNError(Errno.UNSUPPORTED_OPERATION, f"{self.uri} does not implement {what}")
-        return self._failure(what, f"{code.name}: {e.details()}")
+        return self.failure(what, f"{code.name}: {e.details()}")
 
-    def _failure(self, what: str, detail: str) -> NNError:
+    def failure(self, what: str, detail: str) -> NNError:
+        """RUNTIME_ERROR for the guest, and one log line naming the URI (the same failure again: at most every
+        few seconds)."""
         message = f"{self.uri}: {what} failed: {detail}"
         now = time.monotonic()
         last, when = self._last_failure

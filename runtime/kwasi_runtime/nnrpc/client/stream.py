@@ -47,7 +47,7 @@ class TokenStream:
             step: kw.GenerateStep = next(self._call)
         except StopIteration:
             self.close()
-            raise self.conn._failure("Generate", "the server ended the stream early") from None
+            raise self.conn.failure("Generate", "the server ended the stream early") from None
         except grpc.RpcError as e:
             self.close()
             raise self.conn.error(wire.GENERATE.name, e) from None
