@@ -10,9 +10,10 @@ export ZIG_LOCAL_CACHE_DIR := $(abspath $(BUILD)/zig-cache)
 ZIGCC := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s
 
 GUESTS := $(GUEST_OUT)/classify.wasm $(GUEST_OUT)/classify_named.wasm $(GUEST_OUT)/llm_stream.wasm \
-	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm
+	$(GUEST_OUT)/bench_boundary.wasm $(GUEST_OUT)/fs_probe.wasm $(GUEST_OUT)/openai_chat.wasm $(GUEST_OUT)/wagi_echo.wasm \
+	$(GUEST_OUT)/llm_compute.wasm $(GUEST_OUT)/llm_chat.wasm
 
-.PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture
+.PHONY: install guests demo test unit lint bench clean dashboards prometheus-build docs-picture protos
 
 $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.toml operator/dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ $(VENV)/.installed: constraints.txt runtime/pyproject.toml operator/pyproject.to
 
 install: $(VENV)/.installed
 
+# NNRPC stubs are committed; tests/runtime/nnrpc/test_proto.py fails when they differ from what this makes.
+PROTO_DIR := runtime/kwasi_runtime/nnrpc/proto
+protos: install
+	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) $(PROTO_DIR)/*.proto
+
 guests: $(GUESTS)
 
 $(GUEST_OUT)/classify_named.wasm: guests/classify.c guests/wasi_nn.h $(VENV)/.installed
@@ -31,7 +37,7 @@ $(GUEST_OUT)/classify_named.wasm: guests/classify.c guests/wasi_nn.h $(VENV)/.in
 
 $(GUEST_OUT)/openai_chat.wasm: guests/openai_json.h
 
-$(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h $(VENV)/.installed
+$(GUEST_OUT)/%.wasm: guests/%.c guests/wasi_nn.h guests/llm_prompt.h $(VENV)/.installed
 	@mkdir -p $(GUEST_OUT)
 	$(ZIGCC) -o $@ $<
 
@@ -71,6 +77,7 @@ bench: install guests
 	$(PY) bench/boundary.py
 	$(PY) bench/decode.py
 	$(PY) bench/serve.py
+	$(PY) bench/nnrpc.py
 
 # A real cluster for the operator and journey tests: kube-apiserver & co., kubelet, containerd and Prometheus
 # built from the Go module proxy into ~/.cache/kwasi-cluster (cold: ~15 min on 2 cores, then reused), the

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "wasi_nn.h"
+#include "llm_prompt.h"
 
 static uint8_t buf[24576];
 
@@ -31,25 +31,7 @@ int main(int argc, char **argv) {
   const char *name = argv[1], *prompt = argv[2];
   const char *config = argc > 3 ? argv[3] : "{\"enable-log\":false,\"ctx-size\":1024}";
   uint32_t graph, ctx, err;
-  err = nn_load_by_name_with_config(name, (uint32_t)strlen(name), config, (uint32_t)strlen(config), &graph);
-  if (err == NN_MODEL_NOT_FOUND) {
-    fprintf(stderr, "Model not found\n");
-    return 3;
-  }
-  if (err) {
-    fprintf(stderr, "load_by_name_with_config failed: %u\n", err);
-    return 1;
-  }
-  if ((err = nn_init_execution_context(graph, &ctx))) {
-    fprintf(stderr, "init_execution_context failed: %u\n", err);
-    return 1;
-  }
-  uint32_t dims[1] = {1};
-  nn_tensor input = {dims, 1, NN_U8, (const uint8_t *)prompt, (uint32_t)strlen(prompt)};
-  if ((err = nn_set_input(ctx, 0, &input))) {
-    fprintf(stderr, "set_input failed: %u\n", err);
-    return 1;
-  }
+  if ((err = llm_open(name, config, prompt, &graph, &ctx))) return err == NN_MODEL_NOT_FOUND ? 3 : 1;
   if (print_metadata(ctx, "before")) return 1;
 
   uint32_t tokens = 0, stop;

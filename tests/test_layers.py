@@ -28,6 +28,11 @@ LAYERS: dict[str, int] = {
     "kwasi_runtime.sandbox": 3,
     "kwasi_runtime.host_flags": 4,
     "kwasi_runtime.serve": 5,
+    # NNRPC: the server sits beside serve; the protocol and the client (a remote backend) sit with backends
+    "kwasi_runtime.nnrpc": 5,
+    "kwasi_runtime.nnrpc.proto": 1,
+    "kwasi_runtime.nnrpc.wire": 2,
+    "kwasi_runtime.nnrpc.client": 2,
     "kwasi_runtime.cli": 6,
     "kwasi_runtime": 7,
     # operator: the spec and what is rendered from it, then API access, then reconciling, then the process

@@ -47,13 +47,18 @@ SERVICE_MONITOR = Kind("ServiceMonitor", "monitoring.coreos.com", "v1", "service
 POD_MONITOR = Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", crd=True)
 SCALED_OBJECT = Kind("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects", crd=True)
 INFERENCE_POOL = Kind("InferencePool", "inference.networking.k8s.io", "v1", "inferencepools", crd=True)
+# spec.modelServer's: who may reach the model server, and its certificate from cert-manager.
+NETWORK_POLICY = Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies")
+CERTIFICATE = Kind("Certificate", "cert-manager.io", "v1", "certificates", crd=True)
 
 # What a WasmInference may own, in apply order: what the pods mount, then the Deployment (pods start
 # sooner), then the rest.
 CHILDREN = (PERSISTENT_VOLUME_CLAIM, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, HORIZONTAL_POD_AUTOSCALER,
-            SCALED_OBJECT, SERVICE_MONITOR, POD_MONITOR, INFERENCE_POOL)
+            SCALED_OBJECT, SERVICE_MONITOR, POD_MONITOR, INFERENCE_POOL, NETWORK_POLICY, CERTIFICATE)
 BY_KIND = {k.kind: k for k in (*CHILDREN, WASM_INFERENCE, POD, CONFIG_MAP)}
 # Children only some specs ask for (so they may have to be removed again): all but Deployment and Service.
 OPTIONAL = tuple(k for k in CHILDREN if k not in (DEPLOYMENT, SERVICE))
+# spec.modelServer's children (named <name>-model-server): all of them go when the spec drops it.
+SERVER_CHILDREN = (DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, HORIZONTAL_POD_AUTOSCALER, NETWORK_POLICY, CERTIFICATE)
 # The CRDs whose presence decides what is rendered.
 CRD_KINDS = {k.crd_name: k for k in CHILDREN if k.crd}

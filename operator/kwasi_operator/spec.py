@@ -19,6 +19,7 @@ AUTOSCALING_METRICS = {
     "tokensPerSecond": "kwasi_generation_tokens_per_second",
     "queue": "kwasi_requests_waiting",
     "kvCacheUsage": "kwasi_kv_cache_usage_ratio",  # 0-1 per model; `target` is in percent
+    "sessions": "kwasi_nnrpc_sessions",  # the model server's clients (spec.modelServer.autoscaling only)
 }
 PRESTOP_SLEEP_S = 5  # before SIGTERM: the endpoint leaves the Service before the runtime stops accepting
 EXIT_MARGIN_S = 10  # after the runtime's drain: time to cancel what is left and exit
@@ -98,6 +99,35 @@ class InferencePool:
 
 
 @dataclass(frozen=True)
+class ModelServer:
+    """spec.modelServer: the models in their own (GPU) Deployment behind NNRPC with TLS; the guests elsewhere."""
+
+    replicas: int
+    autoscaling: Autoscaling | None
+    port: int
+    metrics_port: int
+    max_concurrency: int
+    tls_secret: str | None  # a Secret with tls.crt, tls.key and ca.crt, made by the user
+    issuer: Mapping[str, Any] | None  # or a cert-manager issuerRef: the operator asks cert-manager for it
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> ModelServer:
+        tls = raw.get("tls") or {}
+        auto = raw.get("autoscaling")
+        return cls(
+            replicas=int(raw.get("replicas", 1)),
+            autoscaling=_autoscaling(server_autoscaling(auto)) if auto is not None else None,
+            port=int(raw.get("port", 50051)),
+            metrics_port=int(raw.get("metricsPort", 9090)),
+            max_concurrency=int(raw.get("maxConcurrency", 16)),
+            tls_secret=tls.get("secretName"),
+            issuer=tls.get("issuerRef"),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True)
 class Spec:
     raw: Mapping[str, Any]
     module: Mapping[str, Any]
@@ -115,6 +145,7 @@ class Spec:
     termination_grace_s: int = 45
     model_cache: ModelCache | None = None
     inference_pool: InferencePool | None = None
+    model_server: ModelServer | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> Spec:
@@ -139,11 +170,36 @@ class Spec:
                                     or PRESTOP_SLEEP_S + drain_s + EXIT_MARGIN_S),
             model_cache=_model_cache(spec.get("modelCache")),
             inference_pool=_inference_pool(spec.get("inferencePool")),
+            model_server=ModelServer.parse(spec["modelServer"]) if spec.get("modelServer") is not None else None,
         )
 
     def section(self, name: str) -> Mapping[str, Any]:
         value = self.raw.get(name)
         return value if isinstance(value, Mapping) else {}
+
+    # With spec.modelServer one WasmInference is two sides, each rendered as a WasmInference of its own would be.
+    def guest_side(self) -> Spec:
+        """The guests: no models, GPUs, GPU scheduling or model cache here (they are the model server's)."""
+        raw = {k: v for k, v in self.raw.items() if k not in ("models", "gpu", "modelCache", "scheduling")}
+        return Spec.parse({**raw, "modelServer": None})
+
+    def server_side(self) -> Spec:
+        """The model server: the models, GPUs, scheduling and cache; its own replicas, autoscaling, resources."""
+        server = self.model_server
+        assert server is not None
+        drop = ("replicas", "autoscaling", "resources", "inferencePool", "metrics", "modelServer")
+        raw: dict[str, Any] = {k: v for k, v in self.raw.items() if k not in drop}
+        if server.autoscaling is not None:
+            raw["autoscaling"] = server_autoscaling(server.raw["autoscaling"])
+        else:
+            raw["replicas"] = server.replicas
+        raw["resources"] = server.raw.get("resources") or {}
+        return Spec.parse(raw)
+
+
+def server_autoscaling(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """spec.modelServer.autoscaling in spec.autoscaling's terms: its own defaults, always an HPA."""
+    return {"metric": "tokensPerSecond", "target": 100, **raw, "engine": "HPA"}
 
 
 def _gpu(raw: Mapping[str, Any] | None) -> Gpu | None:

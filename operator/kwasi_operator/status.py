@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kwasi_operator.pod_failures import PodFailure, pod_failure
+from kwasi_operator.render.meta import SERVER_LABEL
 from kwasi_operator.spec import Obj
 
 Key = tuple[str, str]  # (namespace, WasmInference name)
@@ -27,6 +28,7 @@ class DeploymentInfo:
     updated_replicas: int
     available_replicas: int
     conditions: Mapping[str, tuple[str, str, str]]  # type -> (status, reason, message)
+    model_server: bool = False  # spec.modelServer's Deployment, not the guests'
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DeploymentInfo:
@@ -41,6 +43,7 @@ class DeploymentInfo:
             updated_replicas=int(st.get("updatedReplicas") or 0),
             available_replicas=int(st.get("availableReplicas") or 0),
             conditions=conds,
+            model_server=_is_model_server(body),
         )
 
 
@@ -51,6 +54,7 @@ class PodInfo:
     node: str | None
     unschedulable: str | None  # the scheduler's message while PodScheduled=False/Unschedulable
     failure: PodFailure | None = None  # a container that cannot start, in its own words
+    model_server: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
@@ -65,7 +69,12 @@ class PodInfo:
             node=(body.get("spec") or {}).get("nodeName"),
             unschedulable=message,
             failure=pod_failure(body),
+            model_server=_is_model_server(body),
         )
+
+
+def _is_model_server(body: Mapping[str, Any]) -> bool:
+    return SERVER_LABEL in ((body.get("metadata") or {}).get("labels") or {})
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,15 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class ServerDesired:
+    """What the last reconcile asked of spec.modelServer's side."""
+
+    replicas: int | None  # None: its HPA owns the count
+    selector: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
 class Desired:
     """What the last reconcile asked for."""
 
@@ -107,6 +125,7 @@ class Desired:
     endpoint: str | None
     gpu_resource: str | None
     cache_path: str | None = None  # where the replicas mount the model cache
+    model_server: ServerDesired | None = None
 
 
 def endpoint(name: str, namespace: str, port: int) -> str:
@@ -143,6 +162,19 @@ def scheduling_reason(message: str, gpu_resource: str | None) -> str:
     return "Unschedulable"
 
 
+def model_server(desired: ServerDesired, dep: DeploymentInfo | None) -> tuple[bool, Obj, Obj]:
+    """(ready, status.modelServer, the ModelServerReady condition) of spec.modelServer's Deployment."""
+    replicas = dep.replicas if dep else 0
+    ready = dep.ready_replicas if dep else 0
+    want = desired.replicas if desired.replicas is not None else (replicas or 1)
+    rolled_out = dep is not None and dep.observed_generation >= dep.generation and dep.updated_replicas >= want
+    ok = want > 0 and ready >= want and rolled_out
+    reason = "MinimumReplicasReady" if ok else ("ScaledToZero" if want == 0 else "ReplicasNotReady")
+    fields = {"replicas": replicas, "readyReplicas": ready, "selector": desired.selector,
+              "endpoint": desired.endpoint}
+    return ok, fields, condition("ModelServerReady", ok, reason, f"{ready}/{want} model-server replicas ready")
+
+
 def compute(
     desired: Desired,
     deployment: DeploymentInfo | None,
@@ -150,8 +182,10 @@ def compute(
     problem: Problem | None,
     service: bool = True,
     cache: ClaimInfo | None = None,
+    server_deployment: DeploymentInfo | None = None,
 ) -> tuple[str, Obj, list[Obj]]:
-    """(phase, status fields without conditions, conditions without timestamps).
+    """(phase, status fields without conditions, conditions without timestamps). `pods` are both sides' with
+    spec.modelServer (the GPU side is the model server's), `server_deployment` the model server's.
 
     The Degraded rule (operator/README.md): Degraded=True when the object cannot reach what its spec asks
     without someone acting: the spec cannot be realised (a problem), any pod cannot be scheduled (whether
@@ -171,6 +205,9 @@ def compute(
     }
     if desired.endpoint and service:  # only while the Service exists: an endpoint must be reachable
         fields["endpoint"] = desired.endpoint
+    server_ok, server_cond = True, None
+    if desired.model_server is not None:
+        server_ok, fields["modelServer"], server_cond = model_server(desired.model_server, server_deployment)
     if desired.cache_path and cache is not None:
         size = cache.capacity or cache.requested
         fields["modelCache"] = {"claimName": cache.name, "path": desired.cache_path, "phase": cache.phase,
@@ -205,13 +242,15 @@ def compute(
         ready_c = condition("Ready", False, "ScaledToZero", "replicas is 0")
         progressing = condition("Progressing", False, "ScaledToZero", "replicas is 0")
         degraded = condition("Degraded", False, "ScaledToZero", "")
-    elif ready >= want and rolled_out and not stuck:
+    elif ready >= want and rolled_out and not stuck and server_ok:
         phase = "Ready"
         ready_c = condition("Ready", True, "MinimumReplicasReady", f"{ready}/{want} replicas ready")
         progressing = condition("Progressing", False, "RolledOut", "")
         degraded = condition("Degraded", False, "AsExpected", "")
     else:
         detail = f"{ready}/{want} replicas ready"
+        if server_cond is not None and not server_ok:
+            detail += f", {server_cond['message']}"
         if stuck:
             phase = "Pending" if ready == 0 else "Degraded"
             reason = scheduled["reason"]
@@ -236,7 +275,8 @@ def compute(
             ready_c = condition("Ready", False, "ReplicasNotReady", detail)
             progressing = condition("Progressing", True, "RollingOut", detail)
             degraded = condition("Degraded", False, "AsExpected", "")
-    return phase, fields, [ready_c, progressing, degraded, scheduled]
+    conditions = [ready_c, progressing, degraded, scheduled]
+    return phase, fields, conditions if server_cond is None else [*conditions, server_cond]
 
 
 def build(
@@ -247,9 +287,10 @@ def build(
     old_conditions: Iterable[Mapping[str, Any]] = (),
     service: bool = True,
     cache: ClaimInfo | None = None,
+    server_deployment: DeploymentInfo | None = None,
 ) -> Obj:
     """The full ``status`` object."""
-    phase, fields, conds = compute(desired, deployment, pods, problem, service, cache)
+    phase, fields, conds = compute(desired, deployment, pods, problem, service, cache, server_deployment)
     return {"phase": phase, **fields, "conditions": with_transition_times(conds, old_conditions, desired.generation)}
 
 

@@ -1,5 +1,5 @@
-"""`kwasi-runtime`: `run` (a drop-in for `wasmedge --dir … --env … --nn-preload … module.wasm args`), `serve`
-and `fetch`."""
+"""`kwasi-runtime`: `run` (a drop-in for `wasmedge --dir … --env … --nn-preload … module.wasm args`), `serve`,
+`nn-rpc-server` (a drop-in for WasmEdge's `wasi_nn_rpcserver`) and `fetch`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kwasi_runtime.fetch import FetchError, fetch
 from kwasi_runtime.host_flags import add_host_arguments, build_host, env_pair, positive
+from kwasi_runtime.nnrpc.server.cli import add_server_arguments, server_main
 from kwasi_runtime.sandbox import Limits, Preopen, Sandbox, WasiSetup, parse_dir
 from kwasi_runtime.serve.cli import add_serve_arguments, serve_main
 from kwasi_runtime.wasm.engine import EngineSettings
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a WAGI guest and the OpenAI-compatible API over HTTP")
     add_host_arguments(serve)
     add_serve_arguments(serve)
+    rpc = sub.add_parser("nn-rpc-server", help="serve named models over NNRPC (WasmEdge's wasi_nn_rpcserver)")
+    add_server_arguments(rpc)
     fetch = sub.add_parser("fetch", help="download a module or model once, verified against its sha256")
     fetch.add_argument("--sha256", required=True, help="expected lowercase hex digest")
     fetch.add_argument("--timeout", type=positive(float), default=60.0, metavar="SECONDS")
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="kwasi-runtime: %(levelname)s %(name)s: %(message)s")
-    commands = {"run": _run, "serve": serve_main, "fetch": _fetch}
+    commands = {"run": _run, "serve": serve_main, "nn-rpc-server": server_main, "fetch": _fetch}
     code = commands[args.command](args)
     sys.stdout.flush()
     sys.stderr.flush()

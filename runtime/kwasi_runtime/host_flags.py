@@ -1,7 +1,7 @@
 """The flags every command that hosts guests shares (`run`, `serve`), and the host they describe.
 
 `--nn-preload` takes WasmEdge's syntax, `--nn-graph` Wasmtime's; `--nn-config` adds default graph config keys per
-named model (what the operator renders from `models[].config`).
+named model (what the operator renders from `models[].config`); `--nn-rpc-uri` puts the models on an NNRPC server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from kwasi_runtime.backends.registry import BackendOptions, Backends
 from kwasi_runtime.nn.abi import ExecutionTarget, GraphEncoding, TensorTypeNumbering
 from kwasi_runtime.nn.host import HostOptions, NNHost
 from kwasi_runtime.nn.models import ConfiguredModel, NamedModels
+from kwasi_runtime.nnrpc.client import remote_host
+from kwasi_runtime.nnrpc.client.options import add_client_arguments, client_options
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,27 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
-def add_host_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that hosts guests (run, and serve later)."""
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that say which models a host serves and how it reads guests' tensors (run, serve, nn-rpc-server)."""
     p.add_argument("--nn-preload", action="append", default=[], metavar="NAME:ENCODING:TARGET:PATH[:PATH...]",
                    help="register a named model (WasmEdge syntax; encoding and target case-insensitive)")
     p.add_argument("--nn-graph", action="append", default=[], metavar="ENCODING::DIR",
                    help="register a named model from a directory (Wasmtime syntax; name = last component)")
     p.add_argument("--nn-config", action="append", default=[], metavar="NAME=JSON",
                    help="default graph config for a named model; the guest's own keys take precedence")
+    p.add_argument("--wasmedge-compat", action="store_true",
+                   help="WasmEdge quirks: copy whole outputs past the guest's buffer size "
+                        "when they fit in memory; float32 torch outputs")
+    p.add_argument("--tensor-types", choices=[n.value for n in TensorTypeNumbering],
+                   default=TensorTypeNumbering.WITX.value,
+                   help="tensor type numbering: witx (current), legacy (WasmEdge <= 0.14), wit")
+    p.add_argument("--log-level", default=os.environ.get("KWASI_LOG", "warning"),
+                   choices=["debug", "info", "warning", "error"])
+
+
+def add_host_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that hosts guests (run, serve)."""
+    add_model_arguments(p)
     p.add_argument("--dir", action="append", default=[], metavar="GUEST:HOST[:readonly|:rw]",
                    help="preopen a host directory, read-only unless suffixed :rw")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -65,17 +80,10 @@ def add_host_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear memory limit per guest (default %(default)s MiB)")
     p.add_argument("--fuel", type=positive(int), default=None, metavar="N",
                    help="instruction fuel per run (off by default)")
-    p.add_argument("--wasmedge-compat", action="store_true",
-                   help="WasmEdge quirks: copy whole outputs past the guest's buffer size "
-                        "when they fit in memory; float32 torch outputs")
-    p.add_argument("--tensor-types", choices=[n.value for n in TensorTypeNumbering],
-                   default=TensorTypeNumbering.WITX.value,
-                   help="tensor type numbering: witx (current), legacy (WasmEdge <= 0.14), wit")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="compiled module cache (default $KWASI_CACHE_DIR or ~/.cache/kwasi/modules)")
     p.add_argument("--no-cache", action="store_true", help="do not cache compiled modules")
-    p.add_argument("--log-level", default=os.environ.get("KWASI_LOG", "warning"),
-                   choices=["debug", "info", "warning", "error"])
+    add_client_arguments(p)
 
 
 @dataclass(frozen=True)
@@ -166,13 +174,29 @@ def load_models(
     return models
 
 
+def host_options(args: argparse.Namespace) -> HostOptions:
+    return HostOptions(wasmedge_compat=args.wasmedge_compat, tensor_types=TensorTypeNumbering(args.tensor_types))
+
+
 def build_host(args: argparse.Namespace) -> NNHost:
-    """Named models and host options from flags; raises ValueError naming the bad part."""
+    """The host the flags describe: local models, or with --nn-rpc-uri a remote server's; raises ValueError
+    naming the bad part."""
+    remote = client_options(args)
+    if remote is None:
+        return build_local_host(args)
+    for flag, values in (("--nn-preload", args.nn_preload), ("--nn-graph", args.nn_graph),
+                         ("--nn-config", args.nn_config)):
+        if values:
+            raise ValueError(f"{flag} {values[0]}: with --nn-rpc-uri the models live on the server; "
+                             f"give {flag} to `kwasi-runtime nn-rpc-server` instead")
+    return remote_host(remote, host_options(args))
+
+
+def build_local_host(args: argparse.Namespace) -> NNHost:
+    """Named models loaded here and host options from flags; raises ValueError naming the bad part."""
     specs: list[ModelSpec] = [parse_nn_preload(v) for v in args.nn_preload]
     specs += [parse_nn_graph(v) for v in args.nn_graph]
     backends = Backends(BackendOptions(torch_output_f32=args.wasmedge_compat))
     configs = dict(parse_nn_config(v) for v in args.nn_config)
     models = load_models(specs, backends, configs)
-    options = HostOptions(wasmedge_compat=args.wasmedge_compat,
-                          tensor_types=TensorTypeNumbering(args.tensor_types))
-    return NNHost(models, backends, options)
+    return NNHost(models, backends, host_options(args))

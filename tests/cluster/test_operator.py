@@ -390,14 +390,16 @@ def test_runs_under_its_own_least_privilege_rbac(cluster: Cluster, operator: Ope
     # (ScaledObjects and InferencePools too, proven where their CRDs are installed: test_operator_scaling.py,
     # test_operator_gateway.py; kubectl cannot name a kind whose CRD is absent.)
     for child in ("deployments.apps", "services", "poddisruptionbudgets.policy", "horizontalpodautoscalers",
-                  "persistentvolumeclaims"):
+                  "persistentvolumeclaims", "networkpolicies.networking.k8s.io"):
         assert can("watch", child, "-A"), child
+    # spec.modelServer's Deployment and Service are deleted when the spec drops it.
+    assert can("delete", "deployments.apps", "-A") and can("delete", "services", "-A")
     assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
     # Nothing it does not need:
     for denied in (("get", "secrets", "-A"), ("patch", "wasminferences.kwasi.dev", "-A"),
-                   ("create", "pods", "-n", "default"), ("delete", "deployments.apps", "-A"),
+                   ("create", "pods", "-n", "default"), ("update", "deployments.apps", "-A"),
                    ("delete", "wasminferences.kwasi.dev", "-A"), ("create", "wasminferences.kwasi.dev", "-A"),
-                   ("delete", "services", "-A"), ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+                   ("delete", "pods", "-A"), ("update", "customresourcedefinitions.apiextensions.k8s.io"),
                    ("get", "customresourcedefinitions.apiextensions.k8s.io/wasminferences.kwasi.dev"),
                    ("list", "namespaces"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                    ("patch", "nodes"), ("create", "serviceaccounts/token", "-A"),

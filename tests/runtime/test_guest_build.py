@@ -25,7 +25,7 @@ def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
 
 def test_guests_import_only_wasi_and_wasi_nn() -> None:
     engine = wasmtime.Engine()
-    for name in ("classify", "classify_named", "llm_stream"):
+    for name in ("classify", "classify_named", "llm_stream", "llm_compute", "llm_chat"):
         module = wasmtime.Module(engine, built_guest(name).read_bytes())
         modules = {imp.module for imp in module.imports}
         assert modules <= {"wasi_snapshot_preview1", "wasi_ephemeral_nn"}, (name, modules)

@@ -18,6 +18,7 @@ from kwasi_operator import status as st
 from kwasi_operator.control.state import GONE, Operator, Version, log
 from kwasi_operator.kube import ApiError
 from kwasi_operator.render import MANAGED_BY, owner_key
+from kwasi_operator.render.meta import child_key, split_key
 
 
 def version(child: Mapping[str, Any]) -> Version:
@@ -33,6 +34,7 @@ def version(child: Mapping[str, Any]) -> Version:
 def child_event(op: Operator, key: st.Key, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
     """A watch event of one of the operator's children: queue a repair if someone else changed it."""
     obj = op.objects.get(key)
+    kind = child_key(kind, (body.get("metadata") or {}).get("name", ""), key[1])  # what the child is tracked by
     if obj is None or obj.seen is None or kind not in obj.seen:
         return  # not applied by this process (yet), or pruned: nothing to hold it to
     owner = op.latest(key)
@@ -60,8 +62,9 @@ def report_repairs(op: Operator, key: st.Key, before: Mapping[str, Version], liv
         if changed is None or changed == now:
             continue  # nothing of ours was changed (or nobody touched it)
         what = "re-created (it was deleted)" if changed[0] != now[0] else "reverted (it was edited)"
-        metrics.REPAIRS.labels(kind=kind).inc()
-        op.event(key, "Warning", "Repaired", f"{kind} {key[1]} {what}")
+        child_kind, child = split_key(kind, key[1])
+        metrics.REPAIRS.labels(kind=child_kind).inc()
+        op.event(key, "Warning", "Repaired", f"{child_kind} {child} {what}")
         log.info("%s/%s: repaired %s: %s", *key, kind, what)
     obj.drifted.clear()
 

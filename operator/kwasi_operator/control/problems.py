@@ -37,6 +37,10 @@ async def _missing(kube: Kube, namespace: str, spec: Spec, available: Collection
         if not has_key:
             return st.Problem("ConfigMapKeyNotFound", f"module ConfigMap {namespace}/{cm['name']} has no key "
                                                       f"{cm['key']!r}")
+    if spec.model_server is not None and spec.model_server.issuer and "Certificate" not in available:
+        return st.Problem("CertManagerNotInstalled", "spec.modelServer.tls.issuerRef needs cert-manager "
+                                                     "(certificates.cert-manager.io); or name a Secret in "
+                                                     "spec.modelServer.tls.secretName")
     for model in spec.models:
         claim = model.source.pvc_claim
         if claim and not await kube.exists("PersistentVolumeClaim", claim, namespace):

@@ -36,18 +36,23 @@ async def publish(op: Operator, key: st.Key) -> None:
     obj = op.objects.get(key)
     if obj is None or obj.desired is None or op.kube is None or op.indices is None:
         return
-    deployment = next(iter(op.indices.deployments.get(key, ())), None)
+    deployments = list(op.indices.deployments.get(key, ()))
+    deployment = next((d for d in deployments if not d.model_server), None)
+    server = next((d for d in deployments if d.model_server), None)  # spec.modelServer's
     pods = list(op.indices.pods.get(key, []))
     service = key in op.indices.services
     cache = next(iter(op.indices.claims.get(key, ())), None) or obj.cache_claim
     before = obj.published
-    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service, cache)
+    new = st.build(obj.desired, deployment, pods, obj.problem, (before or {}).get("conditions", ()), service, cache,
+                   server)
     want = obj.desired.replicas if obj.desired.replicas is not None else int(new.get("replicas", 0))
     metrics.set_replicas(*key, desired=want, ready=int(new.get("readyReplicas", 0)))
     if st.same(before, new):
         return
+    # A merge patch keeps keys it does not mention: a model server that is gone must be removed by name.
+    patch = new if "modelServer" in new else {**new, "modelServer": None}
     try:
-        await op.kube.patch_status(key[1], key[0], new)
+        await op.kube.patch_status(key[1], key[0], patch)
     except ApiError as e:
         if e.code == 404:  # deleted meanwhile
             op.forget(key)

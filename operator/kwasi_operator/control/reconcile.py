@@ -19,7 +19,8 @@ from kwasi_operator.control.problems import namespace_terminating, preflight, re
 from kwasi_operator.control.publish import publish, publish_soon
 from kwasi_operator.control.state import MAX_BACKOFF_S, Operator, Retry, Version, backoff, log
 from kwasi_operator.kube import ApiError
-from kwasi_operator.render import child_name, render, selector_string
+from kwasi_operator.render import render, selector_string, server_host, server_name, server_selector
+from kwasi_operator.render.meta import child_key, split_key
 from kwasi_operator.render.volumes import CACHE_DIR
 from kwasi_operator.spec import Obj, Spec
 
@@ -62,7 +63,17 @@ def desired(spec: Spec, name: str, namespace: str, generation: int) -> st.Desire
         endpoint=st.endpoint(name, namespace, spec.port),
         gpu_resource=spec.gpu.resource_name if spec.gpu else None,
         cache_path=CACHE_DIR if spec.model_cache else None,
+        model_server=_server_desired(name, namespace, spec),
     )
+
+
+def _server_desired(name: str, namespace: str, spec: Spec) -> st.ServerDesired | None:
+    server = spec.model_server
+    if server is None:
+        return None
+    return st.ServerDesired(replicas=None if server.autoscaling else server.replicas,
+                            selector=",".join(f"{k}={v}" for k, v in server_selector(name).items()),
+                            endpoint=f"{server_host(name, namespace)}:{server.port}")
 
 
 async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger: str) -> None:
@@ -88,7 +99,8 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
 
     async def apply(manifest: Obj) -> None:
         child = await kube.apply(manifest)
-        live[child["kind"]] = seen[child["kind"]] = version(child)  # at once: its watch event is an echo
+        tracked = child_key(child["kind"], child["metadata"]["name"], name)
+        live[tracked] = seen[tracked] = version(child)  # at once: its watch event is an echo
 
     try:
         # One by one up to the Deployment (what its pods mount exists before them; pods start sooner than
@@ -108,11 +120,11 @@ async def _reconcile(op: Operator, key: st.Key, body: Mapping[str, Any], trigger
         obj.problem = None
         op.event(key, "Normal", "Resolved", "the spec can be realised again")
 
-    await _prune(op, key, {m["kind"] for m in manifests}, trigger)
+    await _prune(op, key, {child_key(m["kind"], m["metadata"]["name"], name) for m in manifests}, trigger)
     if trigger in ("create", "update"):
         obj.drifted.clear()
         verb = "Created" if trigger == "create" else "Updated"
-        applied = ", ".join(k.kind for k in kinds.CHILDREN if k.kind in live)  # in apply order
+        applied = ", ".join(k.kind for k in kinds.CHILDREN if any(split_key(t, name)[0] == k.kind for t in live))
         op.event(key, "Normal", verb, f"applied {applied}: {describe(spec)}")
     else:
         report_repairs(op, key, before, live, resync=trigger == "resync")
@@ -138,14 +150,19 @@ async def _prune(op: Operator, key: st.Key, wanted: set[str], trigger: str) -> N
     namespace, name = key
     obj = op.tracked(key)
     if obj.applied is None:  # first sight in this process: anything may be left from an older spec
-        candidates = set() if trigger == "create" else {k.kind for k in kinds.OPTIONAL} - wanted
+        server = {child_key(k.kind, server_name(name), name) for k in kinds.SERVER_CHILDREN}
+        candidates = set() if trigger == "create" else ({k.kind for k in kinds.OPTIONAL} | server) - wanted
     else:
         candidates = set(obj.applied) - wanted
     available = op.available()
-    candidates = {k for k in candidates if not kinds.BY_KIND[k].crd or k in available}  # no type, no such child
-    for kind in sorted(candidates):
-        (obj.seen or {}).pop(kind, None)  # from now on its watch events are not drift
-        child = child_name(kind, name)
+
+    def exists(tracked: str) -> bool:  # no type, no such child
+        kind = split_key(tracked, name)[0]
+        return not kinds.BY_KIND[kind].crd or kind in available
+
+    for tracked in sorted(filter(exists, candidates)):
+        (obj.seen or {}).pop(tracked, None)  # from now on its watch events are not drift
+        kind, child = split_key(tracked, name)
         if await op.client().delete_owned(kind, child, namespace, (obj.ref or {})["metadata"]["uid"]):
             op.event(key, "Normal", "Pruned", f"deleted {kind} {child}: the spec no longer asks for it")
     obj.applied = frozenset(wanted)
@@ -166,4 +183,9 @@ def describe(spec: Spec) -> str:
     else:
         parts.append("CPU only")
     parts.append(f"models: {', '.join(m.name for m in spec.models) or 'none'}")
+    server = spec.model_server
+    if server is not None:
+        count = (f"{server.replicas} replica(s)" if server.autoscaling is None else
+                 f"autoscaling {server.autoscaling.min_replicas}-{server.autoscaling.max_replicas}")
+        parts.append(f"model server: {count}, the GPUs and models there")
     return "; ".join(parts)

@@ -4,7 +4,8 @@ HPA or KEDA ScaledObject, monitors, InferencePool.
 Pure functions from (name, namespace, spec) to manifests, applied with server-side apply; owner
 references are added by the caller. One module per concern: ``meta`` (names, labels), ``volumes``
 (module and model sources, the model cache), ``scheduling`` (where pods may run), ``pod`` (the
-Deployment), ``scaling`` (PDB, HPA, ScaledObject), ``serving`` (Service, monitors, InferencePool).
+Deployment), ``scaling`` (PDB, HPA, ScaledObject), ``serving`` (Service, monitors, InferencePool),
+``nnrpc`` and ``model_server`` (spec.modelServer: the models in a Deployment of their own, reached over NNRPC).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from kwasi_operator.render.meta import (
     selector,
     selector_string,
 )
+from kwasi_operator.render.model_server import render_model_server
+from kwasi_operator.render.nnrpc import SERVER_LABEL, server_host, server_name, server_selector
 from kwasi_operator.render.pod import deployment, runtime_args
 from kwasi_operator.render.scaling import (
     horizontal_pod_autoscaler,
@@ -34,10 +37,31 @@ from kwasi_operator.render.volumes import cache_claim_name, model_cache_claim
 from kwasi_operator.spec import Obj, Spec
 
 __all__ = [
-    "INSTANCE_LABEL", "MANAGED_BY", "cache_claim_name", "child_name", "deployment", "endpoint_picker_flags",
-    "horizontal_pod_autoscaler", "inference_pool", "labels", "model_cache_claim", "monitors", "owner_key",
-    "pod_disruption_budget", "prometheus_query", "render", "runtime_args", "scaled_object", "selector",
-    "selector_string", "service", "uses_keda",
+    "INSTANCE_LABEL",
+    "MANAGED_BY",
+    "SERVER_LABEL",
+    "cache_claim_name",
+    "child_name",
+    "deployment",
+    "endpoint_picker_flags",
+    "horizontal_pod_autoscaler",
+    "inference_pool",
+    "labels",
+    "model_cache_claim",
+    "monitors",
+    "owner_key",
+    "pod_disruption_budget",
+    "prometheus_query",
+    "render",
+    "runtime_args",
+    "scaled_object",
+    "selector",
+    "selector_string",
+    "server_host",
+    "server_name",
+    "server_selector",
+    "service",
+    "uses_keda",
 ]
 
 
@@ -55,5 +79,6 @@ def render(name: str, namespace: str, spec: Spec, available: Collection[str] = (
         scaled_object(name, namespace, spec) if keda else horizontal_pod_autoscaler(name, namespace, spec),
         *monitors(name, namespace, spec, monitor_labels),
         inference_pool(name, namespace, spec),
+        *render_model_server(name, namespace, spec),
     ]
     return [c for c in children if c is not None and (not kinds.BY_KIND[c["kind"]].crd or c["kind"] in available)]

@@ -8,6 +8,7 @@ from kwasi_operator import kinds
 from kwasi_operator.spec import FIELD_MANAGER, Obj
 
 INSTANCE_LABEL = "kwasi.dev/wasminference"
+SERVER_LABEL = "kwasi.dev/model-server"  # spec.modelServer's pods (render/nnrpc.py)
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 
 
@@ -33,9 +34,22 @@ def meta(name: str, namespace: str) -> Obj:
 
 
 def owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
-    """(namespace, name) of the WasmInference a child belongs to, from its labels."""
-    instance = labels.get(INSTANCE_LABEL)
+    """(namespace, name) of the WasmInference a child belongs to, from its labels (a model-server pod carries
+    only the model-server label, render/nnrpc.py)."""
+    instance = labels.get(INSTANCE_LABEL) or labels.get(SERVER_LABEL)
     return (namespace, instance) if namespace and instance else None
+
+
+def child_key(kind: str, child: str, owner: str) -> str:
+    """What the operator tracks a child by: its kind, or `Kind/name` for one not named after its owner's
+    rule (spec.modelServer's <name>-model-server children)."""
+    return kind if child == child_name(kind, owner) else f"{kind}/{child}"
+
+
+def split_key(key: str, owner: str) -> tuple[str, str]:
+    """(kind, child name) of a child_key."""
+    kind, _, child = key.partition("/")
+    return kind, child or child_name(kind, owner)
 
 
 def child_name(kind: str, name: str) -> str:

@@ -10,6 +10,7 @@ import math
 
 from kwasi_operator import kinds
 from kwasi_operator.render.meta import labels, manifest, selector
+from kwasi_operator.render.nnrpc import client_args
 from kwasi_operator.render.scheduling import scheduling
 from kwasi_operator.render.volumes import PodFiles, cache_claim_name, container_security, model_files, module_files
 from kwasi_operator.spec import DEFAULT_RUNTIME_IMAGE, PRESTOP_SLEEP_S, Obj, Spec
@@ -20,7 +21,8 @@ PROBE_PERIOD_S = 10
 PROGRESS_MARGIN_S = 300
 
 
-def runtime_args(spec: Spec, module_path: str, model_paths: list[str]) -> list[str]:
+def runtime_args(spec: Spec, module_path: str, model_paths: list[str], remote: list[str] | None = None) -> list[str]:
+    """`serve`'s arguments; `remote`: the flags that put the models on spec.modelServer's server instead."""
     args = [
         "serve",
         "--module", module_path,
@@ -30,11 +32,18 @@ def runtime_args(spec: Spec, module_path: str, model_paths: list[str]) -> list[s
         "--timeout", str(spec.timeout_s),
         "--grace-period", str(spec.drain_s),
     ]
+    args += preload_args(spec, model_paths) + (remote or [])
+    args += list(spec.section("runtime").get("args", []))
+    return args
+
+
+def preload_args(spec: Spec, model_paths: list[str]) -> list[str]:
+    """--nn-preload / --nn-config for every model (the runtime's serve, or spec.modelServer's server)."""
+    args: list[str] = []
     for model, path in zip(spec.models, model_paths, strict=True):
         args += ["--nn-preload", f"{model.name}:{model.encoding}:{model.target}:{path}"]
         if model.config:
             args += ["--nn-config", f"{model.name}={json.dumps(dict(model.config), sort_keys=True)}"]
-    args += list(spec.section("runtime").get("args", []))
     return args
 
 
@@ -75,17 +84,23 @@ def _strategy(spec: Spec) -> Obj:
 
 
 def deployment(name: str, namespace: str, spec: Spec) -> Obj:
+    """The guests' Deployment. With spec.modelServer it is CPU-only, without models, and sends every WASI-NN
+    call to the model server (render/model_server.py renders that one from this, on the other side's spec)."""
+    whole = spec
+    if spec.model_server is not None:
+        spec = spec.guest_side()
     runtime = spec.section("runtime")
     image = runtime.get("image") or DEFAULT_RUNTIME_IMAGE
     files = PodFiles()
     module_path = module_files(spec, image, files)
     claim = cache_claim_name(name, spec)
     model_paths = [model_files(i, m, image, files, claim) for i, m in enumerate(spec.models)]
+    remote = client_args(name, namespace, whole, files) if whole.model_server is not None else None
     files.add({"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"})
     container: Obj = {
         "name": "runtime",
         "image": image,
-        "args": runtime_args(spec, module_path, model_paths),
+        "args": runtime_args(spec, module_path, model_paths, remote),
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "env": [{"name": "KWASI_CACHE_DIR", "value": "/tmp/kwasi-cache"}, *copy.deepcopy(runtime.get("env", []))],
         "volumeMounts": [*files.mounts, *copy.deepcopy(spec.raw.get("volumeMounts", []))],

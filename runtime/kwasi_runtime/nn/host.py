@@ -236,7 +236,9 @@ class NNHost:
     def _get_output(self, caller: wasmtime.Caller, ctx: int, index: int, out_ptr: int, out_max: int,
                     written_ptr: int) -> None:
         run = self._run()
-        data = run.session.context(ctx & U32_MASK).get_output(index & U32_MASK)
+        context = run.session.context(ctx & U32_MASK)
+        self._check_output(caller, run.mem(), out_ptr, out_max, written_ptr)
+        data = context.get_output(index & U32_MASK)
         self._write_output(caller, run.mem(), data, out_ptr, out_max, written_ptr)
 
     # --- WasmEdge streaming extension -------------------------------------------------------------------
@@ -247,11 +249,20 @@ class NNHost:
     def _get_output_single(self, caller: wasmtime.Caller, ctx: int, index: int, out_ptr: int, out_max: int,
                            written_ptr: int) -> None:
         run = self._run()
-        data = run.session.context(ctx & U32_MASK).get_output_single(index & U32_MASK)
+        context = run.session.context(ctx & U32_MASK)
+        self._check_output(caller, run.mem(), out_ptr, out_max, written_ptr)
+        data = context.get_output_single(index & U32_MASK)
         self._write_output(caller, run.mem(), data, out_ptr, out_max, written_ptr)
 
     def _fini_single(self, caller: wasmtime.Caller, ctx: int) -> None:
         self._run().session.context(ctx & U32_MASK).fini_single()
+
+    def _check_output(self, caller: wasmtime.Caller, mem: GuestMemory, out_ptr: int, out_max: int,
+                      written_ptr: int) -> None:
+        """The output's pointers, before the backend is asked (it may be a remote call, or a costly one)."""
+        mem.check(caller, written_ptr, 4)
+        if not self.options.wasmedge_compat:
+            mem.check(caller, out_ptr, out_max)
 
     def _write_output(self, caller: wasmtime.Caller, mem: GuestMemory, data: bytes, out_ptr: int,
                       out_max: int, written_ptr: int) -> None:

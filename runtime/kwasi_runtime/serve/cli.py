@@ -65,8 +65,8 @@ def serve_main(args: argparse.Namespace) -> int:
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             api_key=args.api_key or os.environ.get("KWASI_API_KEY") or None, vllm_metrics=args.vllm_metrics,
         )
-        host = build_host(args)
+        server = Server(config, build_host(args))  # with --nn-rpc-uri this asks the model server for its models
     except ValueError as e:
         print(f"kwasi-runtime: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(Server(config, host).serve_until_signal())
+    return asyncio.run(server.serve_until_signal())

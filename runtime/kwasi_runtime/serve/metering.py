@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kwasi_runtime.nn.abi import Errno, NNError
@@ -80,6 +81,20 @@ class Meter:
             m.time_per_output_token.labels(**labels).observe(
                 (record.last_token - record.first_token) / (record.tokens - 1))
             m.max_stall.labels(**labels).observe(record.max_stall_s)
+
+    def load_models(self, models: NamedModels, names: Iterable[str]) -> None:
+        """Loads each named model's weights now, timed (backends may load lazily, GGML semantics: a graph forces
+        it); a failure is counted, then raised."""
+        for name in names:
+            model = models.get(name)
+            assert model is not None
+            started = time.monotonic()
+            try:
+                model.graph(None).close()
+            except Exception:
+                self.metrics.model_load_failures.labels(model=name).inc()
+                raise
+            self.metrics.model_load.labels(model=name).set(time.monotonic() - started)
 
     def guest_trapped(self, record: RequestRecord, reason: str) -> None:
         self.metrics.guest_traps.labels(model=record.model, module=record.module, reason=reason).inc()

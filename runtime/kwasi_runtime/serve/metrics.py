@@ -191,3 +191,25 @@ class TokenRate:
             while self._times and self._times[0] < now - self.window_s:
                 self._times.popleft()
             return len(self._times) / self.window_s
+
+
+# A unary NNRPC call over a unix socket takes ~100 µs: the sandbox ladder's sub-millisecond steps fit it too.
+RPC_BUCKETS = SANDBOX_BUCKETS
+
+
+class RpcMetrics:
+    """What `kwasi-runtime nn-rpc-server` exports beside `Metrics` (same registry, same conventions)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.calls = Counter("kwasi_nnrpc_calls", "NNRPC calls by method (a Generate stream counts once).",
+                             ("method",), registry=r)
+        self.errors = Counter(
+            "kwasi_nnrpc_errors", "Failed NNRPC calls by method and code: the wasi-nn errno's name, or the gRPC "
+            "status without one (end_of_sequence, a stream's normal end, is not counted).", ("method", "code"),
+            registry=r)
+        self.latency = Histogram(
+            "kwasi_nnrpc_call_duration_seconds", "Server time per NNRPC call by method (a Generate stream: all of "
+            "it).", ("method",), buckets=RPC_BUCKETS, registry=r)
+        self.sessions = Gauge("kwasi_nnrpc_sessions", "Client sessions held (kwasi sessions and anonymous ones).",
+                              registry=r)

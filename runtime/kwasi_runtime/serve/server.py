@@ -127,17 +127,7 @@ class Server:
                 # What would fail every request (an import the host lacks, a trap in the module's start
                 # function, a memory over the limit) stops the server now, with the reason.
                 guest.sandbox.check_instantiates()
-        for name in self.model_names:
-            model = self.host.models.get(name)
-            assert model is not None
-            started = time.monotonic()
-            try:
-                # Backends may load weights lazily (GGML semantics); a graph forces it now, not on the first request.
-                model.graph(None).close()
-            except Exception:
-                self.metrics.model_load_failures.labels(model=name).inc()
-                raise
-            self.metrics.model_load.labels(model=name).set(time.monotonic() - started)
+        self.meter.load_models(self.host.models, self.model_names)  # now, not on the first request
         self.ready = True
         log.info("ready: models %s, module %s, chat guest %s", self.model_names,
                  self.app_guest.path if self.app_guest else None, self.chat_guest.path if self.chat_guest else None)

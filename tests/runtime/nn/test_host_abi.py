@@ -198,7 +198,11 @@ class Scene:
 
 @pytest.fixture
 def scene(proxy_factory: ProxyFactory, tiny_model: TinyModel) -> Scene:
-    p = proxy_factory(torch_host(tiny_model.path))
+    return build_scene(proxy_factory(torch_host(tiny_model.path)), tiny_model)
+
+
+def build_scene(p: Proxy, tiny_model: TinyModel) -> Scene:
+    """The scene on any host serving the tiny model as "m" (tests/runtime/nnrpc runs it over NNRPC)."""
     blob = p.alloc(tiny_model.bytes)
     one = p.alloc(struct.pack("<II", blob, len(tiny_model.bytes)))
     two = p.alloc(struct.pack("<IIII", blob, len(tiny_model.bytes), blob, 4))

@@ -1,0 +1,1 @@
+"""`kwasi-runtime nn-rpc-server`: named models served over NNRPC to kwasi and WasmEdge clients."""
