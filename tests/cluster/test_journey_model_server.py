@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from cluster.journey import CPU_SAMPLE, START_TIMEOUT_S, http_get, pod_ready
-from cluster.objects import cond, get
 
 from kwasi_testing.guests import built_guest
+from kwasi_testing.journey import CPU_SAMPLE, START_TIMEOUT_S, http_get, pod_ready
+from kwasi_testing.kube_objects import cond, get
 from kwasi_testing.nnrpc import cli, make_tls, quiet_env
 
 if TYPE_CHECKING:
-    from cluster.conftest import Journey
+    from kwasi_testing.cluster import Journey
 
 NAME = "smollm2-split"
 CHAT = json.dumps([{"role": "user", "content": "What is the capital of France?"}])

@@ -13,13 +13,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cluster.objects import cond, get, namespace_fixture, operator_fixture, reasons, wait_ready, wasminference
 
 from kwasi_operator_dev.local import OperatorProcess
+from kwasi_testing.kube_objects import (
+    cond,
+    get,
+    namespace_fixture,
+    operator_fixture,
+    reasons,
+    wait_ready,
+    wasminference,
+)
 from kwasi_testing.nnrpc import make_tls
 
 if TYPE_CHECKING:
-    from cluster.conftest import Cluster
+    from kwasi_testing.cluster import Cluster
 
 A100 = "NVIDIA-A100-SXM4-40GB"
 operator = operator_fixture("model-server", "--resync-seconds", "2", "--backoff-seconds", "0.5")
