@@ -356,7 +356,7 @@ int main(void) {
     if (first) {
       // The status line waits for the first result, so a prompt that does not fit is still a clean 400.
       if (rc == NN_PROMPT_TOO_LONG)
-        return fail(400, "invalid_request_error", "context_length_exceeded", "the prompt does not fit the context");
+        return fail(400, "invalid_request_error", "context_length_exceeded", "the prompt (plus max_tokens) does not fit the context");
       if (rc == NN_INVALID_ARGUMENT)  // e.g. a prompt of no tokens at all
         return fail(400, "invalid_request_error", NULL, "the backend cannot generate from this prompt (is it empty?)");
       if (rc && rc != NN_END_OF_SEQUENCE && rc != NN_CONTEXT_FULL)

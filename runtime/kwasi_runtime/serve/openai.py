@@ -197,6 +197,8 @@ def _generation(doc: dict[str, Any], models: Sequence[str], context: Context, ki
     stream, include_usage = p.common(doc)
     limit = p.max_tokens(doc, context(model), kind == "chat")
     meta = {**meta, "complete-utf8": True, **p.sampling_metadata(doc)}
+    if limit:  # the guest stops at max_tokens itself; the backend checks that the prompt leaves room for them
+        meta |= {"n-predict": limit, "reserve-n-predict": True}
     stops = p.stops(doc.get("stop"))
     env = [
         *_identity(model, kind, "chatcmpl-" if kind == "chat" else "cmpl-"),

@@ -45,6 +45,22 @@ def test_smollm2_answers_through_the_server(smollm2_server: ServerThread) -> Non
     assert s.sample("kwasi_time_to_first_token_seconds_count", **labels) == 2
 
 
+def test_smollm2_prompt_plus_max_tokens_past_the_context_is_a_400(smollm2_server: ServerThread) -> None:
+    s = smollm2_server
+    with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        prompt = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=1)
+        assert prompt.usage is not None
+        room = 4096 - prompt.usage.prompt_tokens  # the default context: min(4096, SmolLM2's trained 8192)
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                reply = client.chat.completions.create(model="default", messages=QUESTION, max_tokens=room + 1,
+                                                       stream=stream)
+            assert e.value.code == "context_length_exceeded"
+        # Exactly the room left is fine: greedy SmolLM2 ends its answer long before.
+        reply = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=room)
+        assert "Paris" in (reply.choices[0].message.content or "")
+
+
 WEATHER: ChatCompletionToolParam = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
     "parameters": {"type": "object", "properties": {

@@ -160,7 +160,9 @@ class LlmContext(ExecutionContext):
 
     def _new_stream(self) -> Stream:
         o = self.options
-        return Stream(self.loaded, self.loaded.context_length(o.ctx_size), o.sampling, o.batch_size)
+        stream = Stream(self.loaded, self.loaded.context_length(o.ctx_size), o.sampling, o.batch_size)
+        stream.reserve = _reserve(o)
+        return stream
 
     # -- inputs ---------------------------------------------------------------------------------------
     def set_input(self, index: int, tensor: Tensor) -> None:
@@ -188,6 +190,7 @@ class LlmContext(ExecutionContext):
         if self.stream.prompt and set(applied) & {"grammar", "json-schema", "tool-choice", "parallel-tool-calls"}:
             self.stream.sampler.constraint = extensions.constraint_for(self.loaded.tokenizer, o, self._tool_setup)
         self.stream.batch_size = max(1, o.batch_size)
+        self.stream.reserve = _reserve(o)
 
     def _set_prompt(self, data: bytes) -> None:
         text = data.decode("utf-8", errors="replace")
@@ -337,3 +340,7 @@ class LlmBackend(Backend):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return LlmGraph(named, options)
+
+
+def _reserve(o: Options) -> int:
+    return o.n_predict if o.reserve_n_predict and o.n_predict > 0 else 0

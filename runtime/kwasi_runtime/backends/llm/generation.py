@@ -128,6 +128,7 @@ class Stream:
         self._pending: int | None = None  # last sampled token, fed to the model on the next step
         self._n_past = 0
         self.started = False
+        self.reserve = 0  # tokens the prompt must leave free in the context (reserve-n-predict)
 
     @property
     def model(self) -> Transformer:
@@ -194,6 +195,9 @@ class Stream:
         if len(self.prompt) > self.ctx_size - PROMPT_MARGIN:
             raise NNError(Errno.PROMPT_TOO_LONG,
                           f"prompt of {len(self.prompt)} tokens exceeds context {self.ctx_size} - {PROMPT_MARGIN}")
+        if len(self.prompt) + self.reserve > self.ctx_size:
+            raise NNError(Errno.PROMPT_TOO_LONG, f"prompt of {len(self.prompt)} tokens plus {self.reserve} to "
+                                                 f"generate exceeds context {self.ctx_size}")
         self.reset()
         self.sampler.reset()
         self._logits = self._prefill(self.prompt)

@@ -38,6 +38,9 @@ class Options:
     # kwasi extensions (not WasmEdge keys):
     chat: bool = False  # the prompt is a JSON list of {role, content}, rendered with the model's chat template
     complete_utf8: bool = False  # get_output_single returns only whole UTF-8 characters
+    # The prompt must leave room for n-predict tokens, else PROMPT_TOO_LONG before any forward (OpenAI's and
+    # vLLM's 400 for prompt + max_tokens past the context, instead of a generation cut short by CONTEXT_FULL).
+    reserve_n_predict: bool = False
     # Constrained output (WasmEdge keys): llama.cpp GBNF, or a JSON schema as a string; `grammar` wins.
     grammar: str = ""
     json_schema: str = ""
@@ -129,6 +132,7 @@ _KEYS: dict[str, tuple[type | tuple[type, ...], str, str]] = {
     "embedding": (bool, "options", "embedding"),
     "chat": (bool, "options", "chat"),
     "complete-utf8": (bool, "options", "complete_utf8"),
+    "reserve-n-predict": (bool, "options", "reserve_n_predict"),
     "temp": (float, "sampling", "temp"),
     "top-p": (float, "sampling", "top_p"),
     "top-k": (int, "sampling", "top_k"),

@@ -155,6 +155,29 @@ def test_prompt_longer_than_context_is_102(make_ctx: Callable[..., LlmContext]) 
     assert ok.get_output_single(0) == SCRIPT[:1]
 
 
+@pytest.mark.parametrize(("n_predict", "reserve", "fits"), [
+    (4, True, True),  # 12 prompt tokens + 4 = the whole context of 16
+    (5, True, False),
+    (5, False, True),  # without reserve-n-predict, n-predict is only where compute stops
+    (-1, True, True),  # no n-predict: nothing to reserve
+])
+def test_reserve_n_predict_is_102_when_prompt_and_n_predict_pass_the_context(
+        make_ctx: Callable[..., LlmContext], n_predict: int, reserve: bool, fits: bool) -> None:
+    for metadata_first in (True, False):
+        keys = {"ctx-size": 16, "n-predict": n_predict, "reserve-n-predict": reserve}
+        ctx = make_ctx(b"x" * 11 + b"Q", **keys) if metadata_first else make_ctx(b"x" * 11 + b"Q")
+        if not metadata_first:  # metadata after the prompt counts the same
+            ctx.set_input(1, u8(json.dumps(keys).encode()))
+        if fits:
+            ctx.compute_single()
+            assert ctx.get_output_single(0) == SCRIPT[:1]
+        else:
+            with pytest.raises(NNError) as exc:
+                ctx.compute_single()
+            assert exc.value.errno == Errno.PROMPT_TOO_LONG
+            assert "plus 5 to generate" in str(exc.value)
+
+
 def test_missing_model_file_is_103_at_load(tmp_path: Path) -> None:
     named = LlmBackend().preload([tmp_path / "absent.gguf"], ExecutionTarget.AUTO)  # lazy: no error yet
     with pytest.raises(NNError) as exc:
