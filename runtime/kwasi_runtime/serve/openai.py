@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kwasi_runtime.backends.llm.constraint import json_schema_error
 from kwasi_runtime.serve import openai_params as p
 from kwasi_runtime.serve.openai_params import OpenAIError, bad
 
@@ -279,6 +280,8 @@ def _tools(doc: dict[str, Any], meta: dict[str, Any]) -> bool:
                                      "with a name of letters, digits, _ or - (64 at most).")
         if not isinstance(fn.get("parameters", {}), dict):
             raise bad(f"tools[{i}].function.parameters", "'parameters' must be a JSON schema object.")
+        if error := json_schema_error(fn.get("parameters", {})):
+            raise bad(f"tools[{i}].function.parameters", f"'parameters' cannot be enforced: {error}")
         names.append(fn["name"])
     choice = "auto" if choice is None else choice
     if isinstance(choice, dict):
@@ -311,6 +314,8 @@ def _response_format(doc: dict[str, Any], meta: dict[str, Any], tools: bool) -> 
         raise bad("response_format", "'response_format.type' must be 'text', 'json_object' or 'json_schema'.")
     if tools and meta.get("tool-choice") != "auto":
         raise bad("response_format", "'response_format' cannot be combined with a forced 'tool_choice'.")
+    if error := json_schema_error(schema):
+        raise bad("response_format", f"'response_format.json_schema.schema' cannot be enforced: {error}")
     meta["json-schema"] = json.dumps(schema, ensure_ascii=False)
 
 

@@ -214,6 +214,24 @@ def test_every_unsupported_parameter_is_a_400_naming_it(llm: ServerThread, body:
     assert reply.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format", "Invalid type: nonsense"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "("}}}}, "response_format", "unclosed group"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"$ref": "#/nope"}}}}}]},
+     "tools[0].function.parameters", "'/nope' does not exist"),
+])
+def test_a_schema_that_cannot_be_enforced_is_a_400_with_the_reason(llm: ServerThread, body: dict[str, Any],
+                                                                    param: str, words: str) -> None:
+    reply = request(llm.url, "POST", "/v1/chat/completions",
+                    body=json.dumps({"model": "default", "messages": QUESTION, **body}).encode())
+    assert reply.status == 400, reply.body
+    error = reply.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+
+
 def test_sampling_extras_reach_the_sampler(client: openai.OpenAI) -> None:
     # top_k=1 is greedy whatever the temperature; repetition/presence/frequency penalties change the answer.
     plain = client.chat.completions.create(model="default", messages=QUESTION, max_tokens=12, temperature=0)

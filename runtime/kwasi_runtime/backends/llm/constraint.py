@@ -63,6 +63,15 @@ def grammar_from_json_schema(schema: str | dict[str, Any]) -> str:
         raise NNError(Errno.INVALID_ARGUMENT, f"json-schema: {exc}") from None
 
 
+def json_schema_error(schema: dict[str, Any]) -> str:
+    """Why this JSON schema cannot be enforced ('' when it can). No tokenizer needed, so the API layer can refuse
+    a bad schema with llguidance's own words before a guest runs."""
+    try:
+        return str(llguidance.LLMatcher.validate_grammar(grammar_from_json_schema(schema), None))
+    except NNError as exc:
+        return str(exc)
+
+
 def grammar_from_lark(lark: str) -> str:
     return str(llguidance.LLMatcher.grammar_from_lark(lark))
 
