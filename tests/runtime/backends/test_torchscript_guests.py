@@ -96,7 +96,7 @@ def test_not_torchscript_bytes_is_invalid_argument(tmp_path: Path, tiny_model: T
     assert b"load failed: wasi-nn error 1" in b"".join(err)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_gpu_target_runs_on_cuda(tiny_model: TinyModel) -> None:
     named = TorchScriptBackend().preload([tiny_model.path], ExecutionTarget.GPU)
     graph = named.graph(None)

@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from kwasi_runtime.backends.llm import extensions
 from kwasi_runtime.backends.llm.config import UnsupportedModelError
 from kwasi_runtime.backends.llm.generation import LoadedModel, Stream, Utf8Assembler
 from kwasi_runtime.backends.llm.options import Options, parse_options
+from kwasi_runtime.backends.llm.quantize import compute_type
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS
 from kwasi_runtime.nn.abi import Errno, ExecutionTarget, NNError, TensorType
 from kwasi_runtime.nn.backend_api import Backend, ExecutionContext, Graph, KvCacheUsage, NamedModel, Tensor
@@ -52,12 +54,13 @@ def pick_device(target: ExecutionTarget, n_gpu_layers: int) -> torch.device:
 
 
 class LlmNamedModel(NamedModel):
-    """A preloaded .gguf file or HF directory. Weights load on first use, once per device, and are shared."""
+    """A preloaded .gguf file or HF directory. Weights load on first use, once per device and compute type
+    (`compute-type`), and are shared by every context asking for that pair."""
 
     def __init__(self, path: Path, target: ExecutionTarget) -> None:
         self.path = path
         self.target = target
-        self._loaded: dict[str, LoadedModel] = {}
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}  # (device, compute type) -> weights
         self._lock = threading.Lock()
         self._live: LlmGraph | None = None
         self._slots = DEFAULT_SLOTS
@@ -99,18 +102,28 @@ class LlmNamedModel(NamedModel):
 
     def loaded_for(self, options: Options) -> LoadedModel:
         device = pick_device(self.target, options.n_gpu_layers)
+        try:
+            compute = compute_type(options.compute_type, device).name
+        except ValueError as exc:
+            raise NNError(Errno.INVALID_ARGUMENT, str(exc)) from None
+        key = (str(device), compute)
         with self._lock:
-            if str(device) in self._loaded:
-                return self._loaded[str(device)]
-            existing = next(iter(self._loaded.values()), None)
-            loaded = existing.to(device) if existing is not None else self._load(device)
+            if key in self._loaded:
+                return self._loaded[key]
+            loaded = self._load(device, compute)
             loaded.set_slots(self._slots)
-            self._loaded[str(device)] = loaded
+            self._loaded[key] = loaded
             return loaded
 
-    def _load(self, device: torch.device) -> LoadedModel:
+    def adopt(self, loaded: LoadedModel) -> None:
+        """Serves `loaded` for its device and compute type instead of loading the file again."""
+        with self._lock:
+            loaded.set_slots(self._slots)
+            self._loaded[(str(loaded.device), loaded.model.compute.name)] = loaded
+
+    def _load(self, device: torch.device, compute: str) -> LoadedModel:
         try:
-            return LoadedModel.from_path(self.path, device)
+            return LoadedModel.from_path(self.path, device, compute)
         except FileNotFoundError as exc:
             raise NNError(Errno.MODEL_NOT_FOUND, str(exc)) from exc
         except (UnsupportedModelError, ValueError, KeyError) as exc:
@@ -332,14 +345,17 @@ class LlmBackend(Backend):
             raise NNError(Errno.INVALID_ENCODING, "builder 0 is not a GGUF file")
         options = parse_options(config)  # validate before the expensive part
         workdir = Path(tempfile.mkdtemp(prefix="kwasi-llm-"))
+        path = workdir / "model.gguf"
         try:
-            path = workdir / "model.gguf"
             path.write_bytes(builders[0])
             named = LlmNamedModel(path, target)
-            named.loaded_for(options)  # everything is in memory afterwards; the file can go
-        finally:
+            graph = LlmGraph(named, options)
+        except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
-        return LlmGraph(named, options)
+            raise
+        # The file stays while the graph lives: metadata naming another device or compute type reloads it.
+        weakref.finalize(named, shutil.rmtree, workdir, True)
+        return graph
 
 
 def _reserve(o: Options) -> int:

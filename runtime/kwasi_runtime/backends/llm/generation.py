@@ -8,7 +8,6 @@ context, one KV-cache slot while it generates) with WasmEdge's step semantics. `
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import weakref
@@ -25,6 +24,7 @@ from kwasi_runtime.backends.llm.config import ModelConfig
 from kwasi_runtime.backends.llm.cuda_graphs import graphs_supported
 from kwasi_runtime.backends.llm.load import load_checkpoint
 from kwasi_runtime.backends.llm.model import Transformer, build_model
+from kwasi_runtime.backends.llm.quantize import compute_type
 from kwasi_runtime.backends.llm.sampling import Sampler, SamplingParams
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS, Slot, SlotScheduler
 from kwasi_runtime.backends.llm.tokenizer import TextTokenizer
@@ -33,11 +33,6 @@ from kwasi_runtime.nn.backend_api import KvCacheUsage
 
 # llama.cpp refuses prompts longer than n_ctx - 4 (room for a few generated tokens).
 PROMPT_MARGIN = 4
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on CUDA halves the bytes read per token; on CPU bf16 matmuls were measured ~15x slower than fp32.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 @dataclass
@@ -59,18 +54,16 @@ class LoadedModel:
         return self.model.device
 
     @classmethod
-    def from_path(cls, path: Path, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None) -> LoadedModel:
+    def from_path(cls, path: Path, device: torch.device | str = "cpu", compute: str | None = None) -> LoadedModel:
+        """Loads `path` onto `device` under the named compute type (`quantize.COMPUTE_TYPES`; None: the
+        device's default). ValueError for an unknown name."""
         dev = torch.device(device)
-        dtype = dtype or default_dtype(dev)
-        checkpoint = load_checkpoint(path, dtype)
-        model = build_model(checkpoint.config, checkpoint.tensors, dev, dtype)
+        ctype = compute_type(compute, dev)
+        # f32 casts each float tensor as it is read; the others keep the stored dtype until each matrix is
+        # converted, so peak host memory stays near the source's size.
+        checkpoint = load_checkpoint(path, ctype.dtype if ctype.exact else None)
+        model = build_model(checkpoint.config, checkpoint.tensors, dev, ctype)
         return cls(model=model, tokenizer=checkpoint.tokenizer)
-
-    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
-        """The same weights on another device (deepcopy keeps tied embeddings tied)."""
-        model = copy.deepcopy(self.model).to(device=device, dtype=dtype or default_dtype(device))
-        return LoadedModel(model=model, tokenizer=self.tokenizer, slots=self.slots)
 
     def scheduler(self, ctx_size: int) -> SlotScheduler:
         """The shared scheduler for streams of this context length (allocated on first use, then fixed)."""
@@ -257,8 +250,8 @@ class LlmGenerator:
         self.loaded = loaded
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> LlmGenerator:
-        return cls(LoadedModel.from_path(Path(path), device, dtype))
+    def from_path(cls, path: str | Path, device: str = "cpu", compute: str | None = None) -> LlmGenerator:
+        return cls(LoadedModel.from_path(Path(path), device, compute))
 
     @property
     def tokenizer(self) -> TextTokenizer:

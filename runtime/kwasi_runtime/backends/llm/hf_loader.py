@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from kwasi_runtime.backends.llm.checkpoint import Checkpoint
 from kwasi_runtime.backends.llm.config import ModelConfig
+from kwasi_runtime.backends.llm.quantize import Weight
 from kwasi_runtime.backends.llm.tokenizer import from_hf_files
 
 _GLOBAL_NAMES = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm", "lm_head.weight": "output"}
@@ -69,7 +70,7 @@ def load_hf_directory(directory: Path, dtype: torch.dtype | None = None) -> Chec
     if not cfg:
         raise FileNotFoundError(f"no config.json in {directory}")
     config = ModelConfig.from_hf(cfg)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, Weight] = {}
     for file in _weight_files(directory):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping

@@ -2,7 +2,9 @@
 
 Layout follows gpt-fast: fused q/k/v and gate/up projections (fewer kernel launches per token, which is what
 bounds small models), RMSNorm in fp32, SDPA attention. The cache is allocated once per stream set with a
-leading *slot* dimension, so several streams share one batched forward (see `scheduler.py`).
+leading *slot* dimension, so several streams share one batched forward (see `scheduler.py`). How the matrices
+are held and multiplied (dense fp32/bf16, int8 or int4 weight-only) is the model's *compute type*
+(`quantize.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kwasi_runtime.backends.llm.config import ModelConfig
+from kwasi_runtime.backends.llm.quantize import (
+    COMPUTE_TYPES,
+    ComputeType,
+    Weight,
+    cat_rows,
+    make_embedding,
+    make_head,
+    make_linear,
+    to_float,
+)
 from kwasi_runtime.backends.llm.rope import apply_rotary, cos_sin_table, inverse_frequencies
 
 
@@ -24,10 +36,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32, cast back, *then* scale: the order HF uses, which matters for bf16 parity.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused kernel
-        result: torch.Tensor = self.weight * normed.to(x.dtype)
-        return result
+        # The residual stream is fp32 in every compute type, so HF's order (normalise in fp32, cast back, then
+        # scale) is one call here.
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class KVCache:
@@ -54,14 +65,18 @@ class KVCache:
 
     def update(self, layer: int, slot: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                kv_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes k/v `[B, H, T, D]` at `positions [B, T]` of slots `slot .. slot+B-1`; returns the readable span."""
+        """Writes k/v `[B, H, T, D]` at `positions` of slots `slot .. slot+B-1`; returns the readable span.
+
+        `positions` is `[B, T]`, or for batch 1 the `[T]` row itself (selected once per forward, not per layer).
+        """
         batch = k.shape[0]
         k_rows = self.keys[layer].narrow(0, slot, batch)
         v_rows = self.values[layer].narrow(0, slot, batch)
         if batch == 1:
             # Batch 1 (solo decode, every prefill chunk): a plain index_copy along positions, cheapest on CPU.
-            k_rows.index_copy_(2, positions[0], k)
-            v_rows.index_copy_(2, positions[0], v)
+            index = positions if positions.dim() == 1 else positions[0]
+            k_rows.index_copy_(2, index, k)
+            v_rows.index_copy_(2, index, v)
         else:
             rows = torch.arange(batch, device=k.device).unsqueeze(1)
             # Advanced indices on dims 0 and 2 put [B, T] first: the value is [B, T, H, D].
@@ -81,23 +96,28 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         q_size = config.n_heads * config.head_dim
         kv_size = config.n_kv_heads * config.head_dim
-        self.wqkv = nn.Linear(config.dim, q_size + 2 * kv_size, bias=config.qkv_bias)
-        self.wo = nn.Linear(q_size, config.dim, bias=False)
+        # Placeholders on the meta device: `Transformer.load_weights` puts the compute type's modules here.
+        self.wqkv: nn.Module = nn.Linear(config.dim, q_size + 2 * kv_size, bias=config.qkv_bias)
+        self.wo: nn.Module = nn.Linear(q_size, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
+    def forward(self, x: torch.Tensor, b: int, t: int, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
                 kv_len: int | None) -> torch.Tensor:
-        b, t, _ = x.shape
+        """x is the flat `[B*T, dim]` residual stream of `b` sequences of `t` tokens."""
         n_qk = self.n_heads + self.n_kv_heads
-        qkv = self.wqkv(x).view(b, t, n_qk + self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Matrices return their kernel's dtype (bf16 unless f32); q/k/v join the fp32 residual stream here.
+        qkv = self.wqkv(x)
+        if qkv.dtype != x.dtype:
+            qkv = qkv.to(x.dtype)
+        qkv = qkv.view(b, t, n_qk + self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q and k heads rotate together: one set of RoPE kernels per layer instead of two.
-        qk = apply_rotary(qkv[:, :n_qk], cos, sin)
-        q, k, v = qk[:, :self.n_heads], qk[:, self.n_heads:], qkv[:, n_qk:]
+        qk, v = torch.split(qkv, [n_qk, self.n_kv_heads], dim=1)
+        q, k = torch.split(apply_rotary(qk, cos, sin), [self.n_heads, self.n_kv_heads], dim=1)
         keys, values = cache.update(layer, slot, positions, k, v, kv_len)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
         )
-        result: torch.Tensor = self.wo(out.transpose(1, 2).reshape(b, t, -1))
+        result: torch.Tensor = self.wo(out.transpose(1, 2).reshape(b * t, -1))
         return result
 
 
@@ -105,11 +125,12 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ffn_dim = config.ffn_dim
-        self.w13 = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)  # gate and up, fused
-        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.w13: nn.Module = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)  # gate and up, fused
+        self.w2: nn.Module = nn.Linear(config.ffn_dim, config.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
+        # silu(gate) * up in fp32: doing it in bf16 cost 0.25 points of top-1 agreement (test_accuracy.py).
+        gate, up = self.w13(x).float().split(self.ffn_dim, dim=-1)
         result: torch.Tensor = self.w2(F.silu(gate) * up)
         return result
 
@@ -122,32 +143,35 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
+    def forward(self, x: torch.Tensor, b: int, t: int, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
                 kv_len: int | None) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), cos, sin, positions, mask, cache, layer, slot, kv_len)
+        # The sublayers return their last kernel's dtype; adding to the fp32 residual promotes in the same op.
+        h = x + self.attn(self.attn_norm(x), b, t, cos, sin, positions, mask, cache, layer, slot, kv_len)
         result: torch.Tensor = h + self.ffn(self.ffn_norm(h))
         return result
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, compute: ComputeType = COMPUTE_TYPES["f32"]) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.compute = compute
+        self.embed: nn.Module = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output: nn.Module = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inverse_frequencies(config), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
+        """Activations, norms and KV cache (integer compute types keep integer weights beside them)."""
+        return self.compute.dtype
 
     def new_cache(self, n_slots: int, length: int) -> KVCache:
         """A static KV cache for `n_slots` streams of `length` positions each."""
@@ -165,10 +189,12 @@ class Transformer(nn.Module):
         mask = self._mask(positions, span, need=kv_len is None or b > 1 or t > 1)
         cos = cache.cos[positions].unsqueeze(1)
         sin = cache.sin[positions].unsqueeze(1)
-        x = self.embed(tokens)
+        # The residual stream is kept flat, `[B*T, dim]`: the matrices then take it without reshapes.
+        x = self.embed(tokens.view(-1))
+        write_at = positions[0] if b == 1 else positions
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, positions, mask, cache, i, slot, kv_len)
-        result: torch.Tensor = self.norm(x)
+            x = layer(x, b, t, cos, sin, write_at, mask, cache, i, slot, kv_len)
+        result: torch.Tensor = self.norm(x).view(b, t, -1)
         return result
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int = 0,
@@ -193,37 +219,40 @@ class Transformer(nn.Module):
             allowed &= keys.view(1, 1, -1) > positions.unsqueeze(-1) - window
         return allowed.unsqueeze(1)  # [B, 1, T, span]
 
-    def load_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Fills the model from canonical tensor names (see `weights.py`), fusing q/k/v and gate/up."""
-        state: dict[str, torch.Tensor] = {"embed.weight": tensors["embed"], "norm.weight": tensors["norm"]}
-        cfg = self.config
-        for i in range(cfg.n_layers):
+    def load_weights(self, tensors: Mapping[str, Weight], device: torch.device) -> None:
+        """Fills the model from canonical tensor names (see `checkpoint.py`), fusing q/k/v and gate/up; each
+        matrix becomes the module its compute type calls for (`quantize.make_linear`)."""
+        cfg, compute = self.config, self.compute
+
+        def vector(name: str) -> nn.Parameter:
+            return nn.Parameter(to_float(tensors[name]).to(device=device, dtype=compute.dtype), requires_grad=False)
+
+        for i, block in enumerate(self.layers):
+            assert isinstance(block, Block)
             p = f"layers.{i}."
-            state[p + "attn_norm.weight"] = tensors[p + "attn_norm"]
-            state[p + "ffn_norm.weight"] = tensors[p + "ffn_norm"]
-            state[p + "attn.wqkv.weight"] = torch.cat([tensors[p + "wq"], tensors[p + "wk"], tensors[p + "wv"]])
-            if cfg.qkv_bias:
-                state[p + "attn.wqkv.bias"] = torch.cat([tensors[p + "bq"], tensors[p + "bk"], tensors[p + "bv"]])
-            state[p + "attn.wo.weight"] = tensors[p + "wo"]
-            state[p + "ffn.w13.weight"] = torch.cat([tensors[p + "w1"], tensors[p + "w3"]])
-            state[p + "ffn.w2.weight"] = tensors[p + "w2"]
+            block.attn_norm.weight = vector(p + "attn_norm")
+            block.ffn_norm.weight = vector(p + "ffn_norm")
+            bias = torch.cat([to_float(tensors[p + n]) for n in ("bq", "bk", "bv")]) if cfg.qkv_bias else None
+            block.attn.wqkv = make_linear(cat_rows([tensors[p + "wq"], tensors[p + "wk"], tensors[p + "wv"]]),
+                                          bias, compute, device)
+            block.attn.wo = make_linear(tensors[p + "wo"], None, compute, device)
+            block.ffn.w13 = make_linear(cat_rows([tensors[p + "w1"], tensors[p + "w3"]]), None, compute, device)
+            block.ffn.w2 = make_linear(tensors[p + "w2"], None, compute, device)
+        self.norm.weight = vector("norm")
         tied = cfg.tie_embeddings or "output" not in tensors
-        state["output.weight"] = tensors["embed"] if tied else tensors["output"]
-        self.load_state_dict(state, strict=True, assign=True)
-        if tied:
-            self.output.weight = self.embed.weight  # one copy in memory, read once per token as the LM head
+        self.output = make_head(tensors["embed"] if tied else tensors["output"], compute, device, None)
+        self.embed = make_embedding(tensors["embed"], self.output if tied else None, compute, device)
 
 
-def build_model(config: ModelConfig, tensors: Mapping[str, torch.Tensor], device: torch.device,
-                dtype: torch.dtype) -> Transformer:
-    """A ready model on `device` in `dtype`; built on the meta device so weights are materialised once."""
+def build_model(config: ModelConfig, tensors: Mapping[str, Weight], device: torch.device,
+                compute: ComputeType) -> Transformer:
+    """A ready model on `device` under `compute`; built on the meta device so weights are materialised once."""
     with torch.device("meta"):
-        model = Transformer(config)
-    converted = {
-        name: t if name == "rope_freqs" else t.to(device=device, dtype=dtype)
-        for name, t in tensors.items()
-    }
-    model.load_weights(converted)
+        model = Transformer(config, compute)
+    model.load_weights(tensors, device)
     # The buffer was created on the meta device; GGUF Llama-3 files carry their scaling as `rope_freqs`.
-    model.inv_freq = inverse_frequencies(config, tensors.get("rope_freqs")).to(device)
+    rope_freqs = tensors.get("rope_freqs")
+    model.inv_freq = inverse_frequencies(config, None if rope_freqs is None else to_float(rope_freqs)).to(device)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not left, f"weights never loaded: {left}"
     return model.eval().requires_grad_(False)

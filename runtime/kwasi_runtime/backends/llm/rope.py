@@ -41,15 +41,20 @@ def _llama3_scale(inv: torch.Tensor, s: Llama3RopeScaling) -> torch.Tensor:
 
 
 def cos_sin_table(inv_freq: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 `[length, head_dim]` cos and sin tables (frequencies duplicated across both halves)."""
+    """fp32 `[length, head_dim]` cos and *signed* sin tables (frequencies duplicated across both halves; the
+    first half of sin negated, so that `apply_rotary` needs a roll instead of rotate_half's slices and cat)."""
     positions = torch.arange(length, dtype=torch.int64).float()
     freqs = torch.outer(positions, inv_freq.float())
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    sin = emb.sin()
+    sin[:, : inv_freq.numel()] *= -1
+    return emb.cos(), sin
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `[B, H, T, D]`; cos/sin `[B, 1, T, D]` already in x's dtype."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x `[B, H, T, D]`; cos/signed sin `[B, 1, T, D]` in x's dtype (from `cos_sin_table`).
+
+    HF's x·cos + rotate_half(x)·sin with rotate_half(x) = cat(-x₂, x₁) = roll(x, D/2) with its first half negated:
+    three kernels per call instead of six.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)

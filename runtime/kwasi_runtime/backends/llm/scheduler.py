@@ -284,16 +284,19 @@ class SlotScheduler:
         return self._cache
 
     @torch.inference_mode()
-    def _make_finite(self, lo: int, hi: int, upto: int) -> None:
-        """Masked positions still enter SDPA's matmul (0 * NaN = NaN): rows lo..hi-1 must be finite below upto."""
+    def _make_finite(self, lo: int, positions: list[int], upto: int) -> None:
+        """Masked positions still enter SDPA's matmul (0 * NaN = NaN): every row of a batch read up to `upto`
+        must be finite there. Row lo + i holds its own keys below positions[i] and writes positions[i] in this
+        step; only what lies above that and has never been written or zeroed needs zeroing."""
         cache = self._ensure_cache()
-        for row in range(lo, hi):
-            have = self._finite[row]
+        for i, pos in enumerate(positions):
+            row = lo + i
+            have = max(self._finite[row], pos + 1)
             if have < upto:
                 for layer in range(len(cache.keys)):
                     cache.keys[layer][row, :, have:upto].zero_()
                     cache.values[layer][row, :, have:upto].zero_()
-                self._finite[row] = upto
+            self._finite[row] = max(have, upto)
 
     @torch.inference_mode()
     def _prefill_chunk(self, req: _Request) -> int:
@@ -341,7 +344,7 @@ class SlotScheduler:
             rows = self._graph.run(token_list[0], pos_list[0]).clone().unsqueeze(0)
         else:
             # Batches above one run eager (also on CUDA): graphs per batch-size bucket are the next step.
-            self._make_finite(lo, hi, kv_len)
+            self._make_finite(lo, pos_list, kv_len)
             device = self.model.device
             tokens = torch.tensor(token_list, device=device).unsqueeze(1)
             positions = torch.tensor(pos_list, device=device).unsqueeze(1)

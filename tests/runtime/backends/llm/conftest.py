@@ -29,4 +29,11 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path: Path) -> LoadedModel:
+    """SmolLM2 as served by default: the CPU's default compute type."""
     return LoadedModel.from_path(smollm2_path, "cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_f32(smollm2_path: Path) -> LoadedModel:
+    """SmolLM2 in fp32 on dequantized weights: the reference for parity and the accuracy gate."""
+    return LoadedModel.from_path(smollm2_path, "cpu", "f32")

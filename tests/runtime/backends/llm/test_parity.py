@@ -50,7 +50,7 @@ def our_logits(loaded: LoadedModel, ids: torch.Tensor, prefill: int) -> torch.Te
 
 def test_config_read_from_hf(checkpoint: tuple[str, Path, Any]) -> None:
     arch, directory, model = checkpoint
-    loaded = LoadedModel.from_path(directory)
+    loaded = LoadedModel.from_path(directory, compute="f32")
     cfg = loaded.config
     assert cfg.qkv_bias == (arch == "qwen2")
     assert cfg.tie_embeddings == (arch != "mistral")
@@ -61,7 +61,7 @@ def test_config_read_from_hf(checkpoint: tuple[str, Path, Any]) -> None:
 
 def test_logits_match_transformers(checkpoint: tuple[str, Path, Any]) -> None:
     _, directory, model = checkpoint
-    loaded = LoadedModel.from_path(directory)
+    loaded = LoadedModel.from_path(directory, compute="f32")
     ids = torch.randint(0, 256, (1, SEQ), generator=torch.Generator().manual_seed(1))
     expected = reference_logits(model, ids)
     got = our_logits(loaded, ids, prefill=SEQ - 10)
@@ -84,8 +84,8 @@ def test_gguf_gives_the_same_logits_as_safetensors(checkpoint: tuple[str, Path, 
         tensors["rope_freqs.weight"] = (base / scaled).numpy()
     write_gguf(path, GGUF_ARCH[arch], hf_hparams(cfg), tensors)
 
-    from_gguf = LoadedModel.from_path(path)
-    from_st = LoadedModel.from_path(directory)
+    from_gguf = LoadedModel.from_path(path, compute="f32")
+    from_st = LoadedModel.from_path(directory, compute="f32")
     ids = torch.randint(0, 256, (1, SEQ), generator=torch.Generator().manual_seed(2))
     a = our_logits(from_gguf, ids, prefill=SEQ - 5)
     b = our_logits(from_st, ids, prefill=SEQ - 5)
@@ -95,7 +95,7 @@ def test_gguf_gives_the_same_logits_as_safetensors(checkpoint: tuple[str, Path, 
 
 def test_greedy_tokens_match_transformers(checkpoint: tuple[str, Path, Any]) -> None:
     _, directory, model = checkpoint
-    engine = LlmGenerator.from_path(directory)
+    engine = LlmGenerator.from_path(directory, compute="f32")
     prompt = "The quick brown fox"
     ids = engine.tokenizer.encode(prompt)
     ours = list(engine.stream_tokens(prompt, max_tokens=12, sampling=SamplingParams(temp=0.0), ignore_eos=True))
@@ -123,7 +123,7 @@ def test_quantized_gguf_weights_dequantize_close_to_originals(tmp_path: Path, qt
     quantize = {n: qtype for n, a in tensors.items() if a.ndim == 2}
     path = tmp_path / "q.gguf"
     write_gguf(path, "qwen2", hf_hparams(cfg), tensors, quantize)
-    loaded = LoadedModel.from_path(path)
+    loaded = LoadedModel.from_path(path, compute="f32")
     state = model.state_dict()
     layer = loaded.model.layers[0]
     q_rows = cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
@@ -147,7 +147,7 @@ def test_masked_full_cache_decode_equals_sliced_decode(checkpoint: tuple[str, Pa
     """The CUDA-graph step attends over the whole static cache with a position mask (kv_len=None);
     it must give what the eager step gives over the filled prefix (sliding window included)."""
     _, directory, _ = checkpoint
-    model = LoadedModel.from_path(directory).model
+    model = LoadedModel.from_path(directory, compute="f32").model
     ids = torch.randint(0, 256, (1, SEQ), generator=torch.Generator().manual_seed(3))
     sliced, masked = model.new_cache(1, 64), model.new_cache(1, 64)
     with torch.inference_mode():
@@ -160,14 +160,14 @@ def test_masked_full_cache_decode_equals_sliced_decode(checkpoint: tuple[str, Pa
             assert (a - b).abs().max().item() <= 1e-5
 
 
-def test_bf16_model_follows_fp32_greedy_path(checkpoint: tuple[str, Path, Any]) -> None:
+def test_int4_model_follows_fp32_greedy_path(checkpoint: tuple[str, Path, Any]) -> None:
     _, directory, _ = checkpoint
-    fp32 = LlmGenerator.from_path(directory)
-    bf16 = LlmGenerator.from_path(directory, dtype=torch.bfloat16)
-    assert bf16.loaded.model.dtype == torch.bfloat16
+    fp32 = LlmGenerator.from_path(directory, compute="f32")
+    int4 = LlmGenerator.from_path(directory, compute="int4")
+    assert int4.loaded.model.compute.matmul == torch.bfloat16  # the residual stream stays fp32
     greedy = SamplingParams(temp=0.0)
     a = list(fp32.stream_tokens("abc", max_tokens=4, sampling=greedy, ignore_eos=True))
-    b = list(bf16.stream_tokens("abc", max_tokens=4, sampling=greedy, ignore_eos=True))
+    b = list(int4.stream_tokens("abc", max_tokens=4, sampling=greedy, ignore_eos=True))
     assert len(b) == 4
     assert a[0] == b[0]  # random tiny models have near-ties later on; the first choice must agree
 
@@ -175,7 +175,7 @@ def test_bf16_model_follows_fp32_greedy_path(checkpoint: tuple[str, Path, Any]) 
 def test_slots_batch_two_streams_in_one_forward(checkpoint: tuple[str, Path, Any]) -> None:
     """The cache's slot dimension lets streams at different positions decode together (for later batching)."""
     _, directory, _ = checkpoint
-    model = LoadedModel.from_path(directory).model
+    model = LoadedModel.from_path(directory, compute="f32").model
     gen = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 256, (1, n), generator=gen) for n in (7, 12)]
     nxt = torch.randint(0, 256, (2, 1), generator=gen)

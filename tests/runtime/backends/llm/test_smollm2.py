@@ -26,7 +26,7 @@ def test_engine_greedy_chat_answer_mentions_paris(smollm2: LoadedModel) -> None:
 def test_backend_streaming_chat_answer_mentions_paris(smollm2: LoadedModel, smollm2_path: Path) -> None:
     named = LlmBackend().preload([smollm2_path], ExecutionTarget.CPU)
     assert isinstance(named, LlmNamedModel)
-    named._loaded["cpu"] = smollm2  # reuse the module's weights instead of loading the file again
+    named.adopt(smollm2)  # reuse the module's weights instead of loading the file again
     graph = named.graph(json.dumps({"temp": 0.0, "ctx-size": 256, "chat": True}).encode())
     assert isinstance(graph, LlmGraph)
     ctx = graph.init_execution_context()
@@ -63,7 +63,8 @@ def test_engine_stops_on_length_and_full_context(smollm2: LoadedModel) -> None:
     assert streamed == short.text
 
 
-def test_gguf_loader_and_tokenizer_match_transformers_gguf_reader(smollm2: LoadedModel, smollm2_path: Path) -> None:
+def test_gguf_loader_and_tokenizer_match_transformers_gguf_reader(smollm2_f32: LoadedModel,
+                                                                  smollm2_path: Path) -> None:
     """Independent oracle for the real file: transformers' own GGUF loader (needs accelerate; ~20 s)."""
     pytest.importorskip("accelerate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,12 +73,12 @@ def test_gguf_loader_and_tokenizer_match_transformers_gguf_reader(smollm2: Loade
     reference = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     text = "<|im_start|>user\nCount 1 2 3 in 中文 🦀, then say 12345.<|im_end|>\n<|im_start|>assistant\n"
-    ids = smollm2.tokenizer.encode(text)
+    ids = smollm2_f32.tokenizer.encode(text)
     assert ids == tokenizer(text)["input_ids"]
     x = torch.tensor([ids])
     with torch.no_grad():
         expected = reference(x).logits[0]
-    cache = smollm2.model.new_cache(1, 64)
+    cache = smollm2_f32.model.new_cache(1, 64)
     with torch.inference_mode():
-        got = smollm2.model(x, torch.arange(len(ids)).unsqueeze(0), cache, kv_len=len(ids))[0]
+        got = smollm2_f32.model(x, torch.arange(len(ids)).unsqueeze(0), cache, kv_len=len(ids))[0]
     assert (got - expected).abs().max().item() <= 1e-4
