@@ -108,12 +108,13 @@ class LlmNamedModel(NamedModel):
             raise NNError(Errno.INVALID_ARGUMENT, str(exc)) from None
         key = (str(device), compute)
         with self._lock:
-            if key in self._loaded:
-                return self._loaded[key]
-            loaded = self._load(device, compute)
-            loaded.set_slots(self._slots)
-            self._loaded[key] = loaded
-            return loaded
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = self._loaded[key] = self._load(device, compute)
+                loaded.set_slots(self._slots)
+        if options.compile:
+            loaded.compile_decode()
+        return loaded
 
     def adopt(self, loaded: LoadedModel) -> None:
         """Serves `loaded` for its device and compute type instead of loading the file again."""

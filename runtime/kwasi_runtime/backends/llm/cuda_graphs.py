@@ -1,13 +1,16 @@
-"""CUDA-graph capture of the batch-1 decode step over a static KV cache.
+"""CUDA-graph capture of the decode step over a static KV cache, one graph per batch-size bucket.
 
 Small models are bound by kernel-launch overhead, not bandwidth: eager PyTorch issues hundreds of launches
 per token. Replaying one captured graph removes that. Shapes are fixed by attending over the whole cache
-with a position mask (kv_len=None), so the same graph serves every step. CPU stays eager.
+with a position mask (kv_len=None), so the same graph serves every step. A batch of B streams replays the
+graph of the smallest bucket >= B (1, 2, 4, 8, 16, ..., capped at the cache's slots) over rows 0 .. bucket-1;
+the scheduler fills the rows without a waiting stream with ghosts and padding. CPU stays eager (or compiled).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,6 +18,7 @@ import torch
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
 
 _pool: Any = None  # one memory pool shared by every captured graph
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -22,17 +26,23 @@ def graphs_supported(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("KWASI_LLM_CUDA_GRAPHS", "1") != "0"
 
 
-class DecodeGraph:
-    """One captured decode step for slot 0 of `cache`; `run` writes the inputs and replays it."""
+def graph_batch(rows: int, n_slots: int) -> int:
+    """The bucket whose graph covers cache rows 0 .. rows-1: the smallest >= rows, at most the cache's slots."""
+    return min(next((b for b in BUCKETS if b >= rows), n_slots), n_slots)
 
-    def __init__(self, model: Transformer, cache: KVCache) -> None:
+
+class DecodeGraph:
+    """One captured decode step for rows 0 .. batch-1 of `cache`; `run` writes the inputs and replays it."""
+
+    def __init__(self, model: Transformer, cache: KVCache, batch: int) -> None:
         global _pool
         device = model.device
-        self.tokens = torch.zeros((1, 1), dtype=torch.long, device=device)
+        self.batch = batch
+        self.tokens = torch.zeros((batch, 1), dtype=torch.long, device=device)
         # Warm up at the cache's last position: it is masked until reached and overwritten before being read,
-        # so the warm-up cannot disturb positions already holding the prompt.
-        self.positions = torch.full((1, 1), cache.length - 1, dtype=torch.long, device=device)
-        self._host = torch.zeros(2, dtype=torch.long).pin_memory()
+        # so the warm-up cannot disturb positions already holding a prompt.
+        self.positions = torch.full((batch, 1), cache.length - 1, dtype=torch.long, device=device)
+        self._host = torch.zeros(2 * batch, dtype=torch.long).pin_memory()
         side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.inference_mode():
@@ -44,13 +54,14 @@ class DecodeGraph:
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other guest threads may be running their own contexts on the GPU meanwhile.
         with torch.cuda.graph(self.graph, pool=_pool, capture_error_mode="thread_local"), torch.inference_mode():
-            self.logits: torch.Tensor = model(self.tokens, self.positions, cache, kv_len=None)[0, -1]
+            self.logits: torch.Tensor = model(self.tokens, self.positions, cache, kv_len=None)[:, -1]
 
-    def run(self, token: int, position: int) -> torch.Tensor:
-        self._host[0] = token
-        self._host[1] = position
-        # One small host-to-device copy per step instead of two fill kernels.
-        self.tokens.view(-1).copy_(self._host[:1], non_blocking=True)
-        self.positions.view(-1).copy_(self._host[1:], non_blocking=True)
+    def run(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """Logits `[batch, vocab]` (the graph's own buffer, overwritten by the next replay)."""
+        n = self.batch
+        self._host.copy_(torch.tensor([*tokens, *positions], dtype=torch.long))
+        # One small host-to-device copy per input instead of a fill kernel per row.
+        self.tokens.view(-1).copy_(self._host[:n], non_blocking=True)
+        self.positions.view(-1).copy_(self._host[n:], non_blocking=True)
         self.graph.replay()
         return self.logits

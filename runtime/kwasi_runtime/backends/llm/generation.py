@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from kwasi_runtime.backends.llm.chat import render_chat
+from kwasi_runtime.backends.llm.compiled import CompiledDecode
 from kwasi_runtime.backends.llm.config import ModelConfig
 from kwasi_runtime.backends.llm.cuda_graphs import graphs_supported
+from kwasi_runtime.backends.llm.forward_thread import forward_thread, one_intra_op_thread, run_forward
 from kwasi_runtime.backends.llm.load import load_checkpoint
 from kwasi_runtime.backends.llm.model import Transformer, build_model
 from kwasi_runtime.backends.llm.quantize import compute_type
@@ -42,6 +44,7 @@ class LoadedModel:
     model: Transformer
     tokenizer: TextTokenizer
     slots: int = DEFAULT_SLOTS  # KV slots per context length: the most streams generating at once
+    compiled: CompiledDecode | None = field(default=None, repr=False, compare=False)
     _schedulers: dict[int, SlotScheduler] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -59,11 +62,15 @@ class LoadedModel:
         device's default). ValueError for an unknown name."""
         dev = torch.device(device)
         ctype = compute_type(compute, dev)
-        # f32 casts each float tensor as it is read; the others keep the stored dtype until each matrix is
-        # converted, so peak host memory stays near the source's size.
-        checkpoint = load_checkpoint(path, ctype.dtype if ctype.exact else None)
-        model = build_model(checkpoint.config, checkpoint.tensors, dev, ctype)
-        return cls(model=model, tokenizer=checkpoint.tokenizer)
+
+        def load() -> LoadedModel:
+            # f32 casts each float tensor as it is read; the others keep the stored dtype until each matrix
+            # is converted, so peak host memory stays near the source's size.
+            checkpoint = load_checkpoint(path, ctype.dtype if ctype.exact else None)
+            model = build_model(checkpoint.config, checkpoint.tensors, dev, ctype)
+            return cls(model=model, tokenizer=checkpoint.tokenizer)
+
+        return run_forward(load)  # quantizing is parallel torch work too: it belongs on the forward thread
 
     def scheduler(self, ctx_size: int) -> SlotScheduler:
         """The shared scheduler for streams of this context length (allocated on first use, then fixed)."""
@@ -71,7 +78,19 @@ class LoadedModel:
             sched = self._schedulers.get(ctx_size)
             if sched is None:
                 sched = self._schedulers[ctx_size] = SlotScheduler(self.model, self.slots, ctx_size)
+                if self.compiled is not None:
+                    sched.decode_fn = self.compiled
             return sched
+
+    def compile_decode(self) -> CompiledDecode | None:
+        """Starts compiling the decode step on a background thread (CPU only, once; `compiled.py`); decode
+        switches to it when it is ready. CUDA replays captured graphs instead: None there."""
+        with self._lock:
+            if self.compiled is None and self.device.type == "cpu":
+                self.compiled = CompiledDecode(self.model, forward_thread().threads)
+                for sched in self._schedulers.values():
+                    sched.decode_fn = self.compiled
+            return self.compiled
 
     def set_slots(self, n: int) -> None:
         """Slot count for schedulers created from now on; an idle existing one is dropped and re-created."""
@@ -176,7 +195,8 @@ class Stream:
             self._logits = self._decode(self._pending)
             self._pending = None
         assert self._logits is not None
-        token = self.sampler.sample(self._logits, self._history)
+        with one_intra_op_thread():  # see forward_thread.py: stream threads start no OpenMP teams
+            token = self.sampler.sample(self._logits, self._history)
         self.tokens.append(token)
         self._history.append(token)
         self._pending = token
@@ -225,12 +245,18 @@ class Stream:
             raise NNError(Errno.PROMPT_TOO_LONG,
                           f"embedding input of {len(self.prompt)} tokens exceeds batch-size {self.batch_size}")
         device = self.loaded.device
-        # A private cache of exactly the prompt: embeddings are one forward, never decoded on, never batched.
-        cache = self.model.new_cache(1, len(self.prompt))
-        tokens = torch.tensor([self.prompt], device=device)
-        positions = torch.arange(len(self.prompt), device=device).unsqueeze(0)
-        hidden = self.model.hidden_states(tokens, positions, cache, kv_len=len(self.prompt))[0]
-        pooled = F.normalize(hidden.float().mean(dim=0), dim=0)
+        prompt = self.prompt
+
+        @torch.inference_mode()
+        def pooled_state() -> torch.Tensor:
+            # A private cache of exactly the prompt: embeddings are one forward, never decoded on or batched.
+            cache = self.model.new_cache(1, len(prompt))
+            tokens = torch.tensor([prompt], device=device)
+            positions = torch.arange(len(prompt), device=device).unsqueeze(0)
+            hidden = self.model.hidden_states(tokens, positions, cache, kv_len=len(prompt))[0]
+            return F.normalize(hidden.float().mean(dim=0), dim=0)
+
+        pooled = run_forward(pooled_state)
         self.reset()  # the next step starts a generation from the prompt
         return [float(x) for x in pooled.cpu()]
 

@@ -63,12 +63,20 @@ class KVCache:
         self.length = length
         self.n_slots = n_slots
 
-    def update(self, layer: int, slot: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes k/v `[B, H, T, D]` at `positions` of slots `slot .. slot+B-1`; returns the readable span.
+    def update(self, layer: int, slot: int | torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, kv_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes k/v `[B, H, T, D]` at `positions` of slots `slot .. slot+B-1` (or of the rows in a `[B]` slot
+        tensor); returns the readable span.
 
         `positions` is `[B, T]`, or for batch 1 the `[T]` row itself (selected once per forward, not per layer).
         """
+        if isinstance(slot, torch.Tensor):
+            # Scattered rows (a packed prefill of several streams): write by index, read a gathered copy.
+            at = slot.unsqueeze(1)
+            self.keys[layer][at, :, positions] = k.transpose(1, 2)
+            self.values[layer][at, :, positions] = v.transpose(1, 2)
+            span = self.length if kv_len is None else kv_len
+            return self.keys[layer][slot, :, :span], self.values[layer][slot, :, :span]
         batch = k.shape[0]
         k_rows = self.keys[layer].narrow(0, slot, batch)
         v_rows = self.values[layer].narrow(0, slot, batch)
@@ -101,8 +109,8 @@ class Attention(nn.Module):
         self.wo: nn.Module = nn.Linear(q_size, config.dim, bias=False)
 
     def forward(self, x: torch.Tensor, b: int, t: int, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
-                kv_len: int | None) -> torch.Tensor:
+                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int,
+                slot: int | torch.Tensor, kv_len: int | None) -> torch.Tensor:
         """x is the flat `[B*T, dim]` residual stream of `b` sequences of `t` tokens."""
         n_qk = self.n_heads + self.n_kv_heads
         # Matrices return their kernel's dtype (bf16 unless f32); q/k/v join the fp32 residual stream here.
@@ -144,8 +152,8 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(self, x: torch.Tensor, b: int, t: int, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int, slot: int,
-                kv_len: int | None) -> torch.Tensor:
+                positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache, layer: int,
+                slot: int | torch.Tensor, kv_len: int | None) -> torch.Tensor:
         # The sublayers return their last kernel's dtype; adding to the fp32 residual promotes in the same op.
         h = x + self.attn(self.attn_norm(x), b, t, cos, sin, positions, mask, cache, layer, slot, kv_len)
         result: torch.Tensor = h + self.ffn(self.ffn_norm(h))
@@ -177,9 +185,10 @@ class Transformer(nn.Module):
         """A static KV cache for `n_slots` streams of `length` positions each."""
         return KVCache(self, n_slots, length)
 
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int = 0,
-                      kv_len: int | None = None) -> torch.Tensor:
-        """Final-normed hidden states `[B, T, dim]` for `tokens [B, T]` at `positions [B, T]`.
+    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                      slot: int | torch.Tensor = 0, kv_len: int | None = None) -> torch.Tensor:
+        """Final-normed hidden states `[B, T, dim]` for `tokens [B, T]` at `positions [B, T]`, in cache rows
+        `slot .. slot+B-1` (or the rows of a `[B]` tensor).
 
         `kv_len` (eager) bounds attention to the first kv_len cache positions; None (graph capture) attends
         over the whole cache with a mask, so shapes never change between steps.
@@ -197,7 +206,7 @@ class Transformer(nn.Module):
         result: torch.Tensor = self.norm(x).view(b, t, -1)
         return result
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int = 0,
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int | torch.Tensor = 0,
                 kv_len: int | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits `[B, T, vocab]` (or `[B, 1, vocab]` with last_only, which skips the LM head elsewhere)."""
         h = self.hidden_states(tokens, positions, cache, slot, kv_len)

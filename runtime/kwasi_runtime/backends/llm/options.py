@@ -33,6 +33,7 @@ class Options:
     reverse_prompt: str = ""
     n_gpu_layers: int = -1  # 0 keeps the model on CPU; anything else uses CUDA when the target allows
     compute_type: str = ""  # kwasi: f32 | bf16 | int8 | int4; "" or "auto": the device's default (quantize.py)
+    compile: bool = False  # kwasi: compile the CPU decode step in the background (compiled.py)
     enable_log: bool = False
     stream_stdout: bool = False
     embedding: bool = False
@@ -129,6 +130,7 @@ _KEYS: dict[str, tuple[type | tuple[type, ...], str, str]] = {
     "reverse-prompt": (str, "options", "reverse_prompt"),
     "n-gpu-layers": (int, "options", "n_gpu_layers"),
     "compute-type": (str, "options", "compute_type"),
+    "compile": (bool, "options", "compile"),
     "enable-log": (bool, "options", "enable_log"),
     "stream-stdout": (bool, "options", "stream_stdout"),
     "embedding": (bool, "options", "embedding"),

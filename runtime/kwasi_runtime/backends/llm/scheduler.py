@@ -16,6 +16,9 @@ span whose stream is not waiting (it is busy in guest code) ride along as "ghost
 own next position, which that stream overwrites before it ever reads it, and their logits are dropped.
 
 Sampling stays with each stream (its own generator and history): the batch thread only hands back logits rows.
+
+Forwards themselves (lone or batched, every scheduler of the process) run on the one forward thread
+(`forward_thread.py`), so that only one thread ever starts OpenMP teams.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import Literal
 
 import torch
 
-from kwasi_runtime.backends.llm.cuda_graphs import DecodeGraph, graphs_supported
+from kwasi_runtime.backends.llm.cuda_graphs import DecodeGraph, graph_batch, graphs_supported
+from kwasi_runtime.backends.llm.forward_thread import one_intra_op_thread, run_forward
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
 from kwasi_runtime.nn import interrupt
 from kwasi_runtime.nn.abi import Errno, NNError
@@ -73,6 +77,7 @@ class _Stats:
     decode_rows: int = 0  # rows that carried a real request (ghosts excluded)
     max_batch: int = 0
     prefill_chunks: int = 0
+    prefill_batches: int = 0  # forwards that prefilled several streams' chunks at once
     # batch sizes of recent decode steps (tests, debugging)
     history: deque[int] = field(default_factory=lambda: deque(maxlen=256))
 
@@ -90,7 +95,8 @@ class SlotScheduler:
         self._pending: list[_Request] = []
         self._cache: KVCache | None = None
         self._finite = [0] * self.n_slots  # per row: leading positions known to hold finite values
-        self._graph: DecodeGraph | None = None
+        self._graphs: dict[int, DecodeGraph] = {}  # CUDA: one captured decode step per batch bucket
+        self.decode_fn: Callable[..., torch.Tensor] = model.forward  # the compiled step, once the model has one
         self._batch_thread: threading.Thread | None = None
         self._forward_running = False
 
@@ -149,10 +155,8 @@ class SlotScheduler:
         with self._cond:
             if req.slot.released:
                 raise NNError(Errno.RUNTIME_ERROR, "KV slot released")
-            # A lone stream runs its forwards on its own thread: there is nothing to batch with, and GNU
-            # OpenMP runs small kernels ~3x slower on any thread but the process's first parallel master
-            # (measured: a [1,576]x[576,1536] linear takes 50 us there, 140 us on another thread), so
-            # handing the work to the batch thread costs a third of batch-1 speed when the caller is main.
+            # A lone stream hands its forwards to the forward thread itself: there is nothing to batch with, so
+            # the batch thread (and its gather window) would only add a hop.
             def only_me() -> bool:
                 return all(r is None or r is req.slot for r in self._rows)
 
@@ -166,13 +170,13 @@ class SlotScheduler:
         if alone:
             try:
                 if req.kind == "decode":
-                    self._iteration([req], [])
+                    run_forward(lambda: self._iteration([req], []))
                 else:
                     # Whole chunks: the same boundaries as when batched. A stream that arrives meanwhile queues
                     # (self._pending): the rest of this prefill goes to the batch thread, interleaved with it.
                     while not req.done and not self._pending:
                         interrupt.check()  # a long prompt stops between chunks when its guest is stopped
-                        self._iteration([], [req])
+                        run_forward(lambda: self._iteration([], [req]))
             finally:
                 with self._cond:
                     self._forward_running = False
@@ -224,7 +228,7 @@ class SlotScheduler:
                 prefills = [r for r in self._pending if r.kind == "prefill"]
                 self._forward_running = True
             try:
-                self._iteration(decodes, prefills)
+                run_forward(lambda: self._iteration(decodes, prefills))  # noqa: B023 (run before the next loop)
             finally:
                 with self._cond:
                     self._forward_running = False
@@ -252,13 +256,16 @@ class SlotScheduler:
         if decodes:
             self._safely(decodes, lambda: self._decode_step(decodes))
         if prefills:
-            # At least one chunk per iteration, whole chunks only: the same boundaries as the stream's solo run.
-            budget, spent = prefills[0].batch_size, 0
+            # Whole chunks only (the same boundaries as each stream's solo run): the next chunk of as many new
+            # streams as one chunk budget holds, at least one, in one padded forward.
+            budget, spent, batch = prefills[0].batch_size, 0, list[_Request]()
             for req in prefills:
-                while spent < budget and not req.done:
-                    spent += self._safely([req], lambda: self._prefill_chunk(req))  # noqa: B023 (called at once)
-                if spent >= budget:
+                n = min(req.batch_size, len(req.ids) - req.done_upto)
+                if batch and spent + n > budget:
                     break
+                batch.append(req)
+                spent += n
+            self._safely(batch, lambda: self._prefill_chunks(batch))
         self.stats.last_step_s = time.monotonic() - started
 
     def _safely(self, reqs: list[_Request], step: Callable[[], int]) -> int:
@@ -284,14 +291,13 @@ class SlotScheduler:
         return self._cache
 
     @torch.inference_mode()
-    def _make_finite(self, lo: int, positions: list[int], upto: int) -> None:
+    def _make_finite(self, rows: Sequence[int], written: Sequence[int], upto: int) -> None:
         """Masked positions still enter SDPA's matmul (0 * NaN = NaN): every row of a batch read up to `upto`
-        must be finite there. Row lo + i holds its own keys below positions[i] and writes positions[i] in this
-        step; only what lies above that and has never been written or zeroed needs zeroing."""
+        must be finite there. Row rows[i] holds keys below written[i] once this forward has run; only what lies
+        above that and has never been written or zeroed needs zeroing."""
         cache = self._ensure_cache()
-        for i, pos in enumerate(positions):
-            row = lo + i
-            have = max(self._finite[row], pos + 1)
+        for row, below in zip(rows, written, strict=True):
+            have = max(self._finite[row], below)
             if have < upto:
                 for layer in range(len(cache.keys)):
                     cache.keys[layer][row, :, have:upto].zero_()
@@ -317,9 +323,46 @@ class SlotScheduler:
         return len(chunk)
 
     @torch.inference_mode()
+    def _prefill_chunks(self, reqs: list[_Request]) -> int:
+        """The next chunk of each request in one forward: rows padded to the longest chunk (pads sit at the
+        positions after a stream's chunk, where it writes before it reads, like a ghost row's keys)."""
+        if len(reqs) == 1:
+            return self._prefill_chunk(reqs[0])
+        cache = self._ensure_cache()
+        device = self.model.device
+        starts = [r.done_upto for r in reqs]
+        chunks = [list(r.ids[r.done_upto:r.done_upto + r.batch_size]) for r in reqs]
+        width = max(len(c) for c in chunks)
+        rows = [r.slot.index for r in reqs]
+        tokens = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=device)
+        positions = torch.tensor([[min(s + j, self.length - 1) for j in range(width)] for s in starts],
+                                 device=device)
+        ends = [s + len(c) for s, c in zip(starts, chunks, strict=True)]
+        kv_len = max(ends)
+        self._make_finite(rows, [min(s + width, self.length) for s in starts], kv_len)
+        hidden = self.model.hidden_states(tokens, positions, cache, slot=torch.tensor(rows, device=device),
+                                          kv_len=kv_len)
+        last = hidden[torch.arange(len(reqs), device=device), torch.tensor([len(c) - 1 for c in chunks],
+                                                                            device=device)]
+        logits = self.model.output(last)  # [B, vocab]: only each stream's last position
+        self.stats.prefill_chunks += len(reqs)
+        self.stats.prefill_batches += 1
+        with self._cond:
+            for i, (req, end) in enumerate(zip(reqs, ends, strict=True)):
+                req.done_upto = req.slot.filled = end
+                if end >= len(req.ids):
+                    self._finish(req, result=logits[i])
+        return sum(len(c) for c in chunks)
+
+    @torch.inference_mode()
     def _decode_step(self, reqs: list[_Request]) -> int:
         cache = self._ensure_cache()
         lo, hi = reqs[0].slot.index, reqs[-1].slot.index + 1
+        graphs = reqs[0].use_graph and graphs_supported(self.model.device)
+        if graphs:
+            lo, hi = 0, graph_batch(hi, self.n_slots)  # a captured bucket: rows 0 .. bucket-1
+        elif self.decode_fn is not self.model.forward:
+            lo = 0  # the compiled step was traced at slot 0: rows below the batch ride along as ghosts
         by_row = {r.slot.index: r for r in reqs}
         token_list: list[int] = []
         pos_list: list[int] = []
@@ -330,25 +373,26 @@ class SlotScheduler:
                 pos_list.append(req.slot.filled)
                 continue
             occupant = self._rows[row]
-            # A ghost writes at the occupant's next position, which it overwrites before reading.
+            # A ghost writes at the occupant's next position, which it overwrites before reading; a free row
+            # (a graph bucket's padding) at position 0, which its next stream's prefill overwrites.
             ghost_pos = min(occupant.filled, self.length - 1) if occupant is not None else 0
             token_list.append(0)
             pos_list.append(ghost_pos)
         if max(pos_list) >= self.length:
             raise NNError(Errno.CONTEXT_FULL, f"context of {self.length} tokens is full")
         kv_len = max(pos_list) + 1
-        if hi - lo == 1 and lo == 0 and reqs[0].use_graph and graphs_supported(self.model.device):
-            if self._graph is None:
-                self._graph = DecodeGraph(self.model, cache)
-            # The graph's output buffer is reused by the next replay; the stream samples from its own copy.
-            rows = self._graph.run(token_list[0], pos_list[0]).clone().unsqueeze(0)
+        if graphs:
+            graph = self._graphs.get(hi)
+            if graph is None:
+                graph = self._graphs[hi] = DecodeGraph(self.model, cache, hi)
+            # The graph's output buffer is reused by the next replay; the streams sample from their own copy.
+            rows = graph.run(token_list, pos_list).clone()
         else:
-            # Batches above one run eager (also on CUDA): graphs per batch-size bucket are the next step.
-            self._make_finite(lo, pos_list, kv_len)
+            self._make_finite(range(lo, hi), [p + 1 for p in pos_list], kv_len)
             device = self.model.device
             tokens = torch.tensor(token_list, device=device).unsqueeze(1)
             positions = torch.tensor(pos_list, device=device).unsqueeze(1)
-            rows = self.model(tokens, positions, cache, slot=lo, kv_len=kv_len)[:, -1]
+            rows = self.decode_fn(tokens, positions, cache, slot=lo, kv_len=kv_len)[:, -1]
         s = self.stats
         s.decode_steps += 1
         s.decode_rows += len(reqs)
@@ -363,6 +407,10 @@ class SlotScheduler:
     @torch.inference_mode()  # the cache was made under inference mode; in-place writes must be too
     def _compact(self) -> None:
         """Moves the highest occupied rows into holes below them (lock held, no forward running)."""
+        with one_intra_op_thread():  # on a stream's or the batch thread: copies start no OpenMP team there
+            self._compact_rows()
+
+    def _compact_rows(self) -> None:
         rows = self._rows
         while True:
             hole = next((i for i, r in enumerate(rows) if r is None), None)

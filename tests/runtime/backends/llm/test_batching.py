@@ -116,6 +116,19 @@ def test_concurrent_greedy_streams_equal_their_solo_runs(tiny: LoadedModel) -> N
     assert sched.in_use() == 0
 
 
+def test_streams_arriving_together_prefill_in_one_forward(tiny: LoadedModel) -> None:
+    """Batched prefill: new streams' next chunks go through one padded forward, and each stream still gets
+    exactly its solo run (pads sit where a stream writes before it reads)."""
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (7, 13, 18, 25, 2)]
+    expected = [solo(tiny, p, 16) for p in prompts]
+    stats = tiny.scheduler(CTX).stats
+    before = stats.prefill_batches
+    got = concurrently(tiny, prompts, 16, start_after=(0, 0, 0, 0, 0))
+    assert got == expected
+    assert stats.prefill_batches > before
+
+
 def test_long_prefill_is_chunked_between_decode_steps(tiny: LoadedModel) -> None:
     gen = torch.Generator().manual_seed(1)
     short = [torch.randint(0, 256, (4,), generator=gen).tolist() for _ in range(2)]
