@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from kwasi_runtime.backends.llm.forward_thread import run_forward
 from kwasi_runtime.backends.llm.generation import LlmGenerator, LoadedModel, Stream
 from kwasi_runtime.backends.llm.load import load_checkpoint
 from kwasi_runtime.backends.llm.quantize import compute_type, to_float
@@ -91,6 +93,21 @@ def ours(setup: Setup, loaded: LoadedModel) -> Row:
     return Row(f"ours, {name}{' (default)' if name == setup.default_compute else ''}", run)
 
 
+def compiled_row(setup: Setup) -> Row:
+    """Ours under the default compute type with the decode step compiled (the `compile` option)."""
+    loaded = LoadedModel.from_path(setup.gguf, setup.device, setup.default_compute)
+    compiled = loaded.compile_decode()
+    assert compiled is not None
+    start = time.perf_counter()
+    compiled.ready.wait()
+    if not compiled.compiled:
+        return Row(f"ours, {setup.default_compute}, compiled", None, f"compile failed: {compiled.error}")
+    print(f"compiled the decode step in {time.perf_counter() - start:.0f} s")
+    row = ours(setup, loaded)
+    row.name = f"ours, {setup.default_compute}, compiled decode"
+    return row
+
+
 def hf_state_dict(setup: Setup) -> tuple[Any, dict[str, torch.Tensor]]:
     """A transformers LlamaConfig and state dict holding exactly the weights our model dequantized."""
     from transformers import LlamaConfig
@@ -119,6 +136,11 @@ def hf_state_dict(setup: Setup) -> tuple[Any, dict[str, torch.Tensor]]:
 
 
 def transformers_row(setup: Setup) -> Row:
+    # Built and measured on our forward thread: the process's one OpenMP master, as ours (forward_thread.py).
+    return run_forward(lambda: _transformers_row(setup))
+
+
+def _transformers_row(setup: Setup) -> Row:
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -145,7 +167,7 @@ def transformers_row(setup: Setup) -> Row:
 
     def measure() -> float:
         # Decode rate = extra tokens over extra time, so prompt processing cancels out.
-        return setup.tokens / (timed(setup.tokens + 1) - timed(1))
+        return run_forward(lambda: setup.tokens / (timed(setup.tokens + 1) - timed(1)))
 
     return Row(f"transformers {__import__('transformers').__version__} generate (eager, sdpa)", measure)
 
@@ -158,7 +180,9 @@ def llama_cpp_row(setup: Setup) -> Row:
         return Row("llama.cpp (llama-cpp-python)", None, "skipped: CPU row only")
     from llamacpp import load
 
-    llm = load(setup.gguf, 512, torch.get_num_threads())
+    # torch and llama.cpp share one libgomp (same soname): llama.cpp's teams start on our forward thread too,
+    # or a second OpenMP master would throttle both (forward_thread.py).
+    llm = run_forward(lambda: load(setup.gguf, 512, torch.get_num_threads()))
 
     def run() -> float:
         llm.reset()
@@ -171,8 +195,8 @@ def llama_cpp_row(setup: Setup) -> Row:
         gen.close()
         return setup.tokens / elapsed
 
-    run()
-    return Row("llama.cpp (llama-cpp-python, same GGUF)", run)
+    run_forward(run)
+    return Row("llama.cpp (llama-cpp-python, same GGUF)", lambda: run_forward(run))
 
 
 def guest_row(setup: Setup) -> Row:
@@ -229,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", default=[], help="row to skip: transformers, llama.cpp, guest")
     parser.add_argument("--compute-type", default=None,
                         help="comma-separated compute types for our rows (default: the device's, then f32)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON (bench/gpu_check.sh)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the row with the compiled CPU decode step (it compiles for 1.5-6 minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -246,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load[0]:.2f} {load[1]:.2f}")
 
     row_fns: list[RowFn] = [functools.partial(ours, loaded=m) for m in models.values()]
+    if args.device == "cpu" and not args.no_compile:
+        row_fns.insert(1, compiled_row)
     if "guest" not in args.skip:
         row_fns.append(guest_row)
     if "transformers" not in args.skip:
@@ -264,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 rate = r.measure()
                 r.best = rate if r.best is None else max(r.best, rate)
     print_table(rows)
+    if args.json is not None:
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+        args.json.write_text(json.dumps({"device": args.device, "gpu_peak_allocated_mb": gpu_mb, "rows": [
+            {"name": r.name, "tok_s": r.best, "note": r.note} for r in rows]}, indent=1))
     return 0
 
 

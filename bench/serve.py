@@ -141,11 +141,32 @@ def default_model() -> str | None:
         return None
 
 
-def graph_config(args: argparse.Namespace) -> bytes:
-    config: dict[str, object] = {"chat": True, "temp": 0.0, "complete-utf8": True}
+def model_config(args: argparse.Namespace) -> dict[str, object]:
+    """kwasi's model keys for both kwasi paths (the server gets them as --nn-config defaults would)."""
+    config: dict[str, object] = {}
     if args.compute_type:
         config["compute-type"] = args.compute_type
-    return json.dumps(config).encode()
+    if args.compile:
+        config["compile"] = True
+    return config
+
+
+def graph_config(args: argparse.Namespace) -> bytes:
+    return json.dumps({"chat": True, "temp": 0.0, "complete-utf8": True, **model_config(args)}).encode()
+
+
+def wait_compiled(model: NamedModel, config: bytes | None) -> None:
+    """Loads the weights and, with `compile`, waits for the compiled decode step (a few minutes)."""
+    from kwasi_runtime.backends.llm.backend import LlmGraph
+
+    graph = model.graph(config)
+    compiled = graph.loaded.compiled if isinstance(graph, LlmGraph) else None
+    if compiled is not None:
+        start = time.monotonic()
+        compiled.ready.wait()
+        print(f"compiled the decode step in {time.monotonic() - start:.0f} s"
+              f"{'' if compiled.compiled else f' (failed: {compiled.error})'}", flush=True)
+    graph.close()  # the weights (and compiled step) stay with the model; the first guest opens its own graph
 
 
 # --- direct backend -----------------------------------------------------------------------------------------
@@ -217,7 +238,7 @@ async def run_http(path: str, url: str, model: str, streams: int, max_tokens: in
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, probe: bytes, what: str) -> None:
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1200  # a cold torch.compile in the kwasi server takes minutes
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}")
@@ -243,6 +264,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         cmd += ["--model", args.model]
     if args.compute_type:
         cmd += ["--compute-type", args.compute_type]
+    if not args.compile:
+        cmd.append("--no-compile")
     if args.cpu:
         cmd.append("--cpu")
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "runtime")})
@@ -281,8 +304,10 @@ def child(args: argparse.Namespace) -> None:
 
     models = NamedModels()
     model = make_model(args)
-    if args.compute_type:  # what `--nn-config default='{"compute-type": ...}'` does
-        model = ConfiguredModel(model, {"compute-type": args.compute_type})
+    if model_config(args):  # what `--nn-config default='{...}'` does
+        model = ConfiguredModel(model, model_config(args))
+    if args.scripted_ms is None:
+        wait_compiled(model, None)  # before the server reports ready
     models.register("default", model)
     serve = ServeConfig(host="127.0.0.1", port=args.port, max_concurrency=args.max_concurrency,
                         max_queue=256, timeout_s=600)
@@ -358,6 +383,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("aggregate tokens/s")
     ax.set_xscale("log", base=2)
+    ticks = sorted({r.streams for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -377,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--model", default=None, help="a .gguf file or HF directory (default: SmolLM2 if installed)")
     p.add_argument("--compute-type", default=None, help="kwasi's compute-type (default: the device's own)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="kwasi without its `compile` option (no compiled CPU decode step)")
     p.add_argument("--scripted-ms", type=float, default=None, help="no model: one token every this many ms")
     p.add_argument("--url", default=None, help="an already running server (skips starting one)")
     p.add_argument("--model-name", default="default")
@@ -387,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="CPU threads for every path: torch intra-op threads, llama.cpp's n_threads")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions, pooled (default %(default)s)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of tokens/s against streams")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON (bench/gpu_check.sh)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--max-concurrency", type=int, default=16, help=argparse.SUPPRESS)
@@ -415,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             servers[LLAMA] = start_llama_server(args)
         model = None if args.no_direct else make_model(args)
         config = graph_config(args)
+        if model is not None:
+            wait_compiled(model, config)
         for path, (_, url) in servers.items():  # warm-up: module cache, first-token paths, weights
             asyncio.run(run_http(path, url, args.model_name, 1, 4))
         if model is not None:
@@ -442,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"model {Path(args.model).name if args.model else 'scripted'}, threads {args.threads}, "
           f"max_tokens {args.max_tokens}, repeats {args.repeat}, load average {load[0]:.2f} {load[1]:.2f}")
     report(rows, rss)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rss_mb": rss, "rows": [
+            {"path": r.path, "streams": r.streams, "tokens": r.tokens, "tok_s": r.tokens_per_s, "tpot_s": r.tpot,
+             "ttft_p50_s": pct([t.ttft for t in r.timings if t.token_times], .5)} for r in rows]}, indent=1))
     if args.plot is not None:
         plot(rows, args.plot, f"{Path(args.model).name if args.model else 'scripted'}, {args.threads} threads, "
                               f"max_tokens {args.max_tokens}, load {load[0]:.1f}")

@@ -1,10 +1,13 @@
 """CUDA-graph capture of the decode step over a static KV cache, one graph per batch-size bucket.
 
 Small models are bound by kernel-launch overhead, not bandwidth: eager PyTorch issues hundreds of launches
-per token. Replaying one captured graph removes that. Shapes are fixed by attending over the whole cache
-with a position mask (kv_len=None), so the same graph serves every step. A batch of B streams replays the
-graph of the smallest bucket >= B (1, 2, 4, 8, 16, ..., capped at the cache's slots) over rows 0 .. bucket-1;
-the scheduler fills the rows without a waiting stream with ghosts and padding. CPU stays eager (or compiled).
+per token. Replaying one captured graph removes that. Shapes are fixed by attending over a fixed span of the
+cache with a position mask, so one graph serves every step until the longest stream outgrows its span. A
+batch of B streams replays the graph of the smallest batch bucket >= B (1, 2, 4, 8, 16, ..., capped at the
+cache's slots) over rows 0 .. bucket-1 (the scheduler fills rows without a waiting stream with ghosts and
+padding) and the smallest span bucket (256, 512, ..., the cache's length) holding every row's next position:
+64 streams attending over all 4,096 positions would read the whole KV cache every step. CPU stays eager (or
+compiled).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from kwasi_runtime.backends.llm.model import KVCache, Transformer
 
 _pool: Any = None  # one memory pool shared by every captured graph
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+MIN_SPAN = 256
 
 
 def graphs_supported(device: torch.device) -> bool:
@@ -31,10 +35,19 @@ def graph_batch(rows: int, n_slots: int) -> int:
     return min(next((b for b in BUCKETS if b >= rows), n_slots), n_slots)
 
 
-class DecodeGraph:
-    """One captured decode step for rows 0 .. batch-1 of `cache`; `run` writes the inputs and replays it."""
+def graph_span(kv_len: int, length: int) -> int:
+    """The span bucket for attention over positions 0 .. kv_len-1: a power of two >= 256, at most `length`."""
+    span = MIN_SPAN
+    while span < kv_len:
+        span *= 2
+    return min(span, length)
 
-    def __init__(self, model: Transformer, cache: KVCache, batch: int) -> None:
+
+class DecodeGraph:
+    """One captured decode step for rows 0 .. batch-1 of `cache`, attending over its first `span` positions;
+    `run` writes the inputs and replays it."""
+
+    def __init__(self, model: Transformer, cache: KVCache, batch: int, span: int) -> None:
         global _pool
         device = model.device
         self.batch = batch
@@ -47,14 +60,14 @@ class DecodeGraph:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(2):
-                model(self.tokens, self.positions, cache, kv_len=None)
+                model(self.tokens, self.positions, cache, kv_len=span, masked=True)
         torch.cuda.current_stream(device).wait_stream(side)
         if _pool is None:
             _pool = torch.cuda.graph_pool_handle()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other guest threads may be running their own contexts on the GPU meanwhile.
         with torch.cuda.graph(self.graph, pool=_pool, capture_error_mode="thread_local"), torch.inference_mode():
-            self.logits: torch.Tensor = model(self.tokens, self.positions, cache, kv_len=None)[:, -1]
+            self.logits: torch.Tensor = model(self.tokens, self.positions, cache, kv_len=span, masked=True)[:, -1]
 
     def run(self, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """Logits `[batch, vocab]` (the graph's own buffer, overwritten by the next replay)."""

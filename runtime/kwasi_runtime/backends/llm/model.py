@@ -186,16 +186,16 @@ class Transformer(nn.Module):
         return KVCache(self, n_slots, length)
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                      slot: int | torch.Tensor = 0, kv_len: int | None = None) -> torch.Tensor:
+                      slot: int | torch.Tensor = 0, kv_len: int | None = None, masked: bool = False) -> torch.Tensor:
         """Final-normed hidden states `[B, T, dim]` for `tokens [B, T]` at `positions [B, T]`, in cache rows
         `slot .. slot+B-1` (or the rows of a `[B]` tensor).
 
-        `kv_len` (eager) bounds attention to the first kv_len cache positions; None (graph capture) attends
-        over the whole cache with a mask, so shapes never change between steps.
+        `kv_len` bounds attention to the first kv_len cache positions; None attends over the whole cache. With
+        `masked` (a captured graph's fixed span) positions past each token's own are masked even at batch 1.
         """
         b, t = tokens.shape
         span = cache.length if kv_len is None else kv_len
-        mask = self._mask(positions, span, need=kv_len is None or b > 1 or t > 1)
+        mask = self._mask(positions, span, need=kv_len is None or masked or b > 1 or t > 1)
         cos = cache.cos[positions].unsqueeze(1)
         sin = cache.sin[positions].unsqueeze(1)
         # The residual stream is kept flat, `[B*T, dim]`: the matrices then take it without reshapes.
@@ -207,9 +207,9 @@ class Transformer(nn.Module):
         return result
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int | torch.Tensor = 0,
-                kv_len: int | None = None, last_only: bool = False) -> torch.Tensor:
+                kv_len: int | None = None, last_only: bool = False, masked: bool = False) -> torch.Tensor:
         """Logits `[B, T, vocab]` (or `[B, 1, vocab]` with last_only, which skips the LM head elsewhere)."""
-        h = self.hidden_states(tokens, positions, cache, slot, kv_len)
+        h = self.hidden_states(tokens, positions, cache, slot, kv_len, masked)
         if last_only:
             h = h[:, -1:]
         result: torch.Tensor = self.output(h)

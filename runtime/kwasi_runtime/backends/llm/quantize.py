@@ -228,7 +228,7 @@ class Int4Linear(_Matmul):
         if self.on_cpu:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
         else:
-            packed = torch.ops.aten._convert_weight_to_int4pack(nibbles.to(device), 8)
+            packed = torch.ops.aten._convert_weight_to_int4pack(nibbles.to(device), inner_k_tiles(self.in_features))
         self.weight: torch.Tensor
         self.nibbles: torch.Tensor | None
         self.scales_and_zeros: torch.Tensor
@@ -263,9 +263,14 @@ def int8_fits(shape: torch.Size) -> bool:
 
 
 def int4_fits(shape: torch.Size, device: torch.device) -> bool:
-    """The kernels' shape rules: K in whole groups (and tiles of 8·16 on CUDA), N a multiple of 16 / 8."""
+    """The kernels' shape rules: K in whole groups, N a multiple of 16 (CPU) or of tinygemm's 8-wide tiles."""
     n, k = shape
-    return k % GROUP == 0 and (n % 16 == 0 if device.type == "cpu" else n % 8 == 0 and k % 128 == 0)
+    return k % GROUP == 0 and n % (16 if device.type == "cpu" else 8) == 0
+
+
+def inner_k_tiles(k: int) -> int:
+    """tinygemm packs K in tiles of 16 x innerKTiles (2, 4 or 8): the widest that divides K (576 = 36 x 16: 4)."""
+    return next(t for t in (8, 4, 2) if k % (16 * t) == 0)
 
 
 def make_linear(w: Weight, bias: torch.Tensor | None, compute: ComputeType, device: torch.device,
@@ -313,11 +318,11 @@ class TokenRows(nn.Module):
             self.register_buffer("offset", None)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(tokens, self.q)
+        rows = self.q[tokens]  # indexing, not F.embedding: CUDA's embedding kernel takes no int8 table
         if self.scale is None:
             return rows.float()
-        offset = None if self.offset is None else F.embedding(tokens, self.offset)
-        return dequantize_rows(rows, F.embedding(tokens, self.scale), offset)
+        offset = None if self.offset is None else self.offset[tokens]
+        return dequantize_rows(rows, self.scale[tokens], offset)
 
 
 class RescoredHead(nn.Module):

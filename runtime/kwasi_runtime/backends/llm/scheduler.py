@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from kwasi_runtime.backends.llm.cuda_graphs import DecodeGraph, graph_batch, graphs_supported
+from kwasi_runtime.backends.llm.cuda_graphs import DecodeGraph, graph_batch, graph_span, graphs_supported
 from kwasi_runtime.backends.llm.forward_thread import one_intra_op_thread, run_forward
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
 from kwasi_runtime.nn import interrupt
@@ -95,7 +95,7 @@ class SlotScheduler:
         self._pending: list[_Request] = []
         self._cache: KVCache | None = None
         self._finite = [0] * self.n_slots  # per row: leading positions known to hold finite values
-        self._graphs: dict[int, DecodeGraph] = {}  # CUDA: one captured decode step per batch bucket
+        self._graphs: dict[tuple[int, int], DecodeGraph] = {}  # CUDA: captured steps per (batch, span) bucket
         self.decode_fn: Callable[..., torch.Tensor] = model.forward  # the compiled step, once the model has one
         self._batch_thread: threading.Thread | None = None
         self._forward_running = False
@@ -382,9 +382,10 @@ class SlotScheduler:
             raise NNError(Errno.CONTEXT_FULL, f"context of {self.length} tokens is full")
         kv_len = max(pos_list) + 1
         if graphs:
-            graph = self._graphs.get(hi)
+            key = (hi, graph_span(kv_len, self.length))
+            graph = self._graphs.get(key)
             if graph is None:
-                graph = self._graphs[hi] = DecodeGraph(self.model, cache, hi)
+                graph = self._graphs[key] = DecodeGraph(self.model, cache, *key)
             # The graph's output buffer is reused by the next replay; the streams sample from their own copy.
             rows = graph.run(token_list, pos_list).clone()
         else:

@@ -144,20 +144,22 @@ def test_unsupported_architectures_are_named() -> None:
 
 
 def test_masked_full_cache_decode_equals_sliced_decode(checkpoint: tuple[str, Path, Any]) -> None:
-    """The CUDA-graph step attends over the whole static cache with a position mask (kv_len=None);
-    it must give what the eager step gives over the filled prefix (sliding window included)."""
+    """A CUDA-graph step attends over a fixed span of the static cache (all of it, or a span bucket) with a
+    position mask; it must give what the eager step gives over the filled prefix (sliding window included)."""
     _, directory, _ = checkpoint
     model = LoadedModel.from_path(directory, compute="f32").model
     ids = torch.randint(0, 256, (1, SEQ), generator=torch.Generator().manual_seed(3))
-    sliced, masked = model.new_cache(1, 64), model.new_cache(1, 64)
+    sliced, masked, spanned = model.new_cache(1, 64), model.new_cache(1, 64), model.new_cache(1, 64)
     with torch.inference_mode():
-        for cache in (sliced, masked):
+        for cache in (sliced, masked, spanned):
             model(ids[:, :5], torch.arange(5).unsqueeze(0), cache, kv_len=5)
         for pos in range(5, SEQ):
             tok, p = ids[:, pos:pos + 1], torch.tensor([[pos]])
             a = model(tok, p, sliced, kv_len=pos + 1)
             b = model(tok, p, masked, kv_len=None)
+            c = model(tok, p, spanned, kv_len=32, masked=True)
             assert (a - b).abs().max().item() <= 1e-5
+            assert (a - c).abs().max().item() <= 1e-5
 
 
 def test_int4_model_follows_fp32_greedy_path(checkpoint: tuple[str, Path, Any]) -> None:
