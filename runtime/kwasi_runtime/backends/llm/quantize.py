@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP = 32  # int4 group size: GGML's legacy block length, so Q4_0/Q4_1 map exactly
-# Above this many rows (prefill chunks, large decode batches) the CPU weight-only kernels are compute-bound and
-# slower than dequantizing the matrix to bf16 for oneDNN's (AMX) GEMM: at 512 rows 107 ms (int8) and 91 ms
-# (int4) against 8.5 ms for a [3072, 576] matrix (bench/README.md).
-CPU_KERNEL_MAX_ROWS = 16
+# Up to this many rows (decode batches, prompt chunks) the CPU weight-only kernels beat dequantizing every
+# matrix to bf16 for oneDNN's (AMX) GEMM; above it they are compute-bound and slower. Measured on the whole
+# SmolLM2-135M forward (bench/README.md, "prefill"): int4 kernel 99 ms at 42 rows, 465 ms at 256 and 1,604 ms
+# at 511 against 345 / 546 / 853 ms dequantized; int8 81 vs 114 ms at 16 rows, 159 vs 138 ms at 42.
+CPU_KERNEL_MAX_ROWS = {"int8": 16, "int4": 256}
 RESCORE = 16  # LM-head candidates re-scored exactly per position
 
 
@@ -204,7 +205,7 @@ class Int8Linear(_Matmul):
         self.register_buffer("scales", scales)
 
     def matmul(self, flat: torch.Tensor) -> torch.Tensor:
-        if flat.device.type == "cpu" and flat.shape[0] <= CPU_KERNEL_MAX_ROWS:
+        if flat.device.type == "cpu" and flat.shape[0] <= CPU_KERNEL_MAX_ROWS["int8"]:
             y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
             return y
         # CUDA's _weight_int8pack_mm is a naive fp32 kernel, and on CPU many rows are faster dense: the form
@@ -241,7 +242,7 @@ class Int4Linear(_Matmul):
         y: torch.Tensor
         if not self.on_cpu:
             y = torch.ops.aten._weight_int4pack_mm(flat, self.weight, GROUP, self.scales_and_zeros)
-        elif flat.shape[0] <= CPU_KERNEL_MAX_ROWS:
+        elif flat.shape[0] <= CPU_KERNEL_MAX_ROWS["int4"]:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, GROUP, self.scales_and_zeros)
         else:
             y = F.linear(flat, self.dense())

@@ -22,6 +22,7 @@ from kwasi_runtime.backends.llm.model import Block
 from kwasi_runtime.backends.llm.options import parse_options
 from kwasi_runtime.backends.llm.quantize import (
     COMPUTE_TYPES,
+    CPU_KERNEL_MAX_ROWS,
     BlockQuant,
     DenseLinear,
     Int4Linear,
@@ -90,8 +91,9 @@ def test_int4_keeps_q4_blocks_up_to_bf16_scales(tmp_path: Path, qtype: gguf.GGML
     scale = np.abs(expected).max()
     assert np.abs(dense - expected).max() <= scale * 2**-7
     # The kernel (few rows) and the dense path (many rows) compute the same product.
-    x = torch.randn(40, 96)
-    few = torch.cat([linear(x[i:i + 1]) for i in range(40)]).float()
+    n = CPU_KERNEL_MAX_ROWS["int4"] + 8
+    x = torch.randn(n, 96)
+    few = torch.cat([linear(x[i:i + 16]) for i in range(0, n, 16)]).float()
     many = linear(x).float()
     torch.testing.assert_close(few, many, rtol=2e-2, atol=2e-2 * many.abs().max().item())
     torch.testing.assert_close(many, x @ torch.from_numpy(expected).t(), rtol=3e-2,
