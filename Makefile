@@ -90,7 +90,7 @@ bench-deps: install
 bench: bench-deps guests
 	$(PY) bench/boundary.py
 	nice $(PY) bench/decode.py
-	nice $(PY) bench/serve.py --plot bench/serve-streams.png
+	nice $(PY) bench/serve.py --no-compile --plot bench/serve-streams.png
 	nice $(PY) bench/nnrpc.py
 
 # A real cluster for the operator and journey tests: kube-apiserver & co., kubelet, containerd and Prometheus

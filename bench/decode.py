@@ -101,7 +101,9 @@ def compiled_row(setup: Setup) -> Row:
     start = time.perf_counter()
     compiled.ready.wait()
     if not compiled.compiled:
-        return Row(f"ours, {setup.default_compute}, compiled", None, f"compile failed: {compiled.error}")
+        error = compiled.error
+        cause = next((line for line in str(error).splitlines() if "Error" in line), type(error).__name__)
+        return Row(f"ours, {setup.default_compute}, compiled decode", None, f"compile failed: {cause.strip()}")
     print(f"compiled the decode step in {time.perf_counter() - start:.0f} s")
     row = ours(setup, loaded)
     row.name = f"ours, {setup.default_compute}, compiled decode"

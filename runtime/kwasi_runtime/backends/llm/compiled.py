@@ -1,11 +1,12 @@
 """The CPU decode step under torch.compile (inductor's C++ backend), compiled on a background thread.
 
-Eager decode spends a third of each token in Python and per-op dispatch (~1,000 small ops); inductor fuses
-the elementwise work into C++ kernels around the int4/int8 matrix calls: SmolLM2 int4 at one thread went
-from 45-47 to 63-64 tokens/s (bench/README.md). Compiling takes 1.5-6 minutes on this 2-core machine, so it
-runs beside serving: decode stays eager until the compiled step is ready, then switches. Opt-in (`compile`
-in the model's metadata) because that background compile is a lot of CPU for a short-lived process.
-One graph covers a lone stream (batch 1) and one every batch above it (`dynamic=True`); prefill stays eager.
+Eager decode spends about half of each token outside the matrix kernels, in ~30 small ops a layer and their
+Python dispatch; inductor fuses that elementwise work into C++ kernels around the int4/int8 matrix calls.
+Whether that pays depends on the machine: SmolLM2 int4 on 2 shared cores gained 1.56x under load and nothing
+when quiet (bench/README.md, issue 14). Compiling takes 1.5-6 minutes there, so it runs beside serving:
+decode stays eager until the compiled step is ready, then switches. Opt-in (`compile` in the model's
+metadata) because that background compile is a lot of CPU for a short-lived process. One graph covers a lone
+stream (batch 1) and one every batch above it (`dynamic=True`); prefill stays eager.
 """
 
 from __future__ import annotations
