@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 import torch
+from torch._inductor import config as inductor_config
 from torch.fx.experimental import _config as fx_config
 
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
@@ -53,7 +54,11 @@ class CompiledDecode:
         try:
             # No "duck sizing": sizes that happen to be equal in the warm-up (2 slots, 2 KV heads) must not
             # become guards that every real cache fails.
-            with torch.inference_mode(), fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
+            # No precompiled headers: a header precompiled by another process into the shared inductor cache
+            # can fail to compile here ("'at::vec' has not been declared"), and then the whole step stays eager.
+            no_duck = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
+            no_pch = inductor_config.patch(cpp_cache_precompile_headers=False)
+            with torch.inference_mode(), no_duck, no_pch:
                 # Sizes 0 and 1 specialise: warm up at batch 1 and 2, with >= 2 slots, positions and kv_len,
                 # so the real caches (any slots and length) and every later step reuse these two graphs.
                 for batch in (1, 2):
