@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable
 
 import torch
-from torch._inductor import config as inductor_config
 from torch.fx.experimental import _config as fx_config
 
 from kwasi_runtime.backends.llm.model import KVCache, Transformer
@@ -52,6 +51,9 @@ class CompiledDecode:
         torch.set_num_threads(self.threads)
         fn = torch.compile(self.model.forward, dynamic=True, fullgraph=True)
         try:
+            # Imported here, not at start-up: it is seconds of imports, and only a compiling process needs it.
+            from torch._inductor import config as inductor_config
+
             # No "duck sizing": sizes that happen to be equal in the warm-up (2 slots, 2 KV heads) must not
             # become guards that every real cache fails.
             # No precompiled headers: a header precompiled by another process into the shared inductor cache
