@@ -21,7 +21,6 @@ from kwasi_testing.kube_objects import (
     namespace_fixture,
     operator_fixture,
     reasons,
-    wait_ready,
     wasminference,
 )
 from kwasi_testing.nnrpc import make_tls
@@ -104,7 +103,13 @@ def test_split_scheduled_on_cpu_and_gpu_scaled_apart_and_folded_back(cluster: Cl
     for kind in ("deployment", "service", "networkpolicy", "pdb"):
         cluster.wait_until(lambda k=kind: get(cluster, ns, k, "chat-model-server") is None, 30,  # type: ignore[misc]
                            f"{kind} chat-model-server pruned")
-    wi = wait_ready(cluster, ns, "chat")
+    def folded_back() -> Any:
+        # Ready alone can be the status from before the patch: wait for the status of this generation.
+        wi = get(cluster, ns, "wasminference", "chat")
+        current = wi is not None and wi.get("status", {}).get("observedGeneration") == wi["metadata"]["generation"]
+        return wi if current and cond(wi, "Ready").get("status") == "True" else None
+
+    wi = cluster.wait_until(folded_back, 60, "WasmInference chat Ready at its new generation", interval=0.5)
     assert "modelServer" not in wi["status"] and not cond(wi, "ModelServerReady")
     guest = get(cluster, ns, "deployment", "chat")
     assert guest is not None and "--nn-preload" in guest["spec"]["template"]["spec"]["containers"][0]["args"]
