@@ -24,6 +24,9 @@ ENV ZIG_GLOBAL_CACHE_DIR=/tmp/zig ZIG_LOCAL_CACHE_DIR=/tmp/zig
 RUN mkdir -p /out && for g in classify llm_stream openai_chat; do \
       python -m ziglang cc --target=wasm32-wasi -O2 -s -o /out/$g.wasm guests/$g.c; done && \
     python -m ziglang cc --target=wasm32-wasi -O2 -s -DNAMED -o /out/classify_named.wasm guests/classify.c
+# The fused CPU decode kernels, portable (x86-64-v3): the runtime image has no C compiler to build them at start.
+COPY runtime/kwasi_runtime/backends/llm/cpu_kernels.py runtime/kwasi_runtime/backends/llm/cpu_kernels.c kernels/
+RUN mkdir -p /lib-out && python kernels/cpu_kernels.py /lib-out/libkwasi_cpu.so
 
 # The guests as an OCI image of plain files: a WasmInference mounts it as an image volume.
 FROM scratch AS guests-image
@@ -34,10 +37,12 @@ COPY runtime/pyproject.toml runtime/
 RUN python /usr/local/bin/pyproject-deps runtime/pyproject.toml >/tmp/deps.txt && \
     pip install -c constraints.txt -r /tmp/deps.txt && rm /tmp/deps.txt
 COPY --from=guests /out/ /opt/kwasi/guests/
+COPY --from=guests /lib-out/libkwasi_cpu.so /opt/kwasi/lib/
 COPY runtime/ runtime/
 RUN pip install --no-deps ./runtime && rm -rf /src/runtime
 # USER: getpass.getuser() (kopf's identity, torch's cache names) must work under any UID a cluster assigns.
-ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp USER=kwasi KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm
+ENV KWASI_CACHE_DIR=/tmp/kwasi-cache HOME=/tmp USER=kwasi KWASI_CHAT_GUEST=/opt/kwasi/guests/openai_chat.wasm \
+    KWASI_CPU_KERNELS=/opt/kwasi/lib/libkwasi_cpu.so
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["kwasi-runtime"]

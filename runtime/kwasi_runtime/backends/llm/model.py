@@ -4,21 +4,25 @@ Layout follows gpt-fast: fused q/k/v and gate/up projections (fewer kernel launc
 bounds small models), RMSNorm in fp32, SDPA attention. The cache is allocated once per stream set with a
 leading *slot* dimension, so several streams share one batched forward (see `scheduler.py`). How the matrices
 are held and multiplied (dense fp32/bf16, int8 or int4 weight-only) is the model's *compute type*
-(`quantize.py`).
+(`quantize.py`). On CPU, decode steps run the same layers through fused kernels (`fused_decode.py`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwasi_runtime.backends.llm import cpu_kernels
 from kwasi_runtime.backends.llm.config import ModelConfig
+from kwasi_runtime.backends.llm.fused_decode import FusedDecode, LayerWeights
 from kwasi_runtime.backends.llm.quantize import (
     COMPUTE_TYPES,
     ComputeType,
+    Matmul,
     Weight,
     cat_rows,
     make_embedding,
@@ -171,6 +175,8 @@ class Transformer(nn.Module):
         self.output: nn.Module = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inverse_frequencies(config), persistent=False)
+        # Decode steps through the fused CPU kernels (`build_model` sets it where they apply); None: eager ops.
+        self.fused: FusedDecode | None = None
 
     @property
     def device(self) -> torch.device:
@@ -194,6 +200,13 @@ class Transformer(nn.Module):
         `masked` (a captured graph's fixed span) positions past each token's own are masked even at batch 1.
         """
         b, t = tokens.shape
+        if (self.fused is not None and t == 1 and kv_len is not None and not masked and isinstance(slot, int)
+                and positions.dtype == torch.int64 and not torch.compiler.is_compiling()):
+            x = self.embed(tokens.view(-1)).contiguous()  # a new tensor: the kernels add into it in place
+            hidden = self.fused.hidden_states(x, positions.reshape(-1).contiguous(), cache.keys, cache.values,
+                                              cache.cos, cache.sin, slot, kv_len,
+                                              functools.partial(self._mask, positions, kv_len, need=b > 1))
+            return hidden.view(b, 1, -1)
         span = cache.length if kv_len is None else kv_len
         mask = self._mask(positions, span, need=kv_len is None or masked or b > 1 or t > 1)
         cos = cache.cos[positions].unsqueeze(1)
@@ -264,4 +277,25 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Weight], device: torc
     model.inv_freq = inverse_frequencies(config, None if rope_freqs is None else to_float(rope_freqs)).to(device)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not left, f"weights never loaded: {left}"
+    if device.type == "cpu":
+        model.fused = fused_decode(model)
     return model.eval().requires_grad_(False)
+
+
+def fused_decode(model: Transformer) -> FusedDecode | None:
+    """The model's decode layers over the fused CPU kernels, when the kernels load and take this model."""
+    kernels = cpu_kernels.load()
+    if kernels is None:
+        return None
+    layers = []
+    for block in model.layers:
+        assert isinstance(block, Block)
+        matrices = [m for m in (block.attn.wqkv, block.attn.wo, block.ffn.w13, block.ffn.w2)
+                    if isinstance(m, (Matmul, nn.Linear))]
+        if len(matrices) < 4:
+            return None  # a matrix the kernels' calling code does not know
+        layers.append(LayerWeights(block.attn_norm.weight, block.ffn_norm.weight, *matrices))
+    norms = [model.norm.weight, *(w for layer in layers for w in (layer.attn_norm, layer.ffn_norm))]
+    if not FusedDecode.supported(model.dtype, model.compute.matmul, norms):
+        return None
+    return FusedDecode(model.config, kernels, layers, model.norm.weight, model.compute.matmul)

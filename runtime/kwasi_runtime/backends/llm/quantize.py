@@ -149,7 +149,7 @@ def int4_groups(w: Weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return q.flatten(-2), scales, lo + 8 * scales
 
 
-class _Matmul(nn.Module):
+class Matmul(nn.Module):
     """y = x @ Wᵀ (+ bias) in the kernel's dtype: x is cast to it, y is returned in it (the caller promotes)."""
 
     def __init__(self, out_features: int, in_features: int, dtype: torch.dtype, bias: torch.Tensor | None) -> None:
@@ -169,7 +169,7 @@ class _Matmul(nn.Module):
         raise NotImplementedError
 
 
-class DenseLinear(_Matmul):
+class DenseLinear(Matmul):
     """Dense bf16 (GPU). cuBLAS can write the fp32 accumulator instead of rounding it to bf16 (`mm.dtype`); that
     is used where the build has it, since the product joins the fp32 residual stream anyway."""
 
@@ -194,7 +194,7 @@ def _has_fp32_out_mm(w: torch.Tensor) -> bool:
     return True
 
 
-class Int8Linear(_Matmul):
+class Int8Linear(Matmul):
     """int8 weights `[N, K]` with per-row scales in the kernel dtype."""
 
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -213,7 +213,7 @@ class Int8Linear(_Matmul):
         return F.linear(flat, self.weight.to(flat.dtype)) * self.scales
 
 
-class Int4Linear(_Matmul):
+class Int4Linear(Matmul):
     """tinygemm int4: packed weights plus `[K/32, N, 2]` scales and zeros in the kernel dtype.
 
     On CPU it also keeps the values two to a byte in plain row order (`nibbles`), from which many-row inputs

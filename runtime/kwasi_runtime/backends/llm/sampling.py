@@ -121,7 +121,9 @@ class Sampler:
             probs = torch.softmax(values, dim=-1)
             keep = probs >= p.min_p * probs[0]
             values, indices = values[keep], indices[keep]
-        probs = torch.softmax(values / p.temp, dim=-1)
+        # Relative to the best score (values are sorted): a temperature near 0 then sharpens instead of
+        # overflowing to inf - inf.
+        probs = torch.softmax((values - values[0]) / p.temp, dim=-1)
         choice = torch.multinomial(probs, 1, generator=self.generator)
         return int(indices[choice])
 
@@ -138,7 +140,9 @@ def apply_penalties(scores: torch.Tensor, history: Sequence[int], p: SamplingPar
     if p.repeat_penalty != 1.0:
         selected = torch.where(selected > 0, selected / p.repeat_penalty, selected * p.repeat_penalty)
     selected = selected - freq * p.frequency_penalty - p.presence_penalty
-    scores[ids] = selected
+    # A penalty near 0 (any positive one is accepted) divides a positive logit past fp32's range: keep it finite.
+    big = torch.finfo(scores.dtype).max
+    scores[ids] = selected.clamp(-big, big)
 
 
 def apply_logit_bias(scores: torch.Tensor, bias: dict[int, float]) -> None:

@@ -25,9 +25,12 @@ from kwasi_runtime.backends.llm.sampling import SamplingParams
 TEXT = Path(__file__).parent / "data" / "accuracy_text.txt"
 MIN_POSITIONS = 2000
 TOP1_AGREEMENT, MEAN_KL = 0.99, 0.01
-# Prefill chunks, in turn: the default batch-size (dense GEMM on CPU), one the CPU int4 kernel takes
-# (<= CPU_KERNEL_MAX_ROWS["int4"]) and one the int8 kernel takes: the gate covers every path a matrix takes.
-CHUNKS = (512, 192, 16)
+# Chunks, in turn: single-token decode steps (the fused CPU decode kernels: positions 0-299 attended by the
+# kernel, 1,020-1,319 by SDPA, past fused_decode.ATTEND_PAIRS), the default batch-size (dense GEMM on CPU), one
+# the CPU int4 kernel takes (<= CPU_KERNEL_MAX_ROWS["int4"]) and one the int8 kernel takes: the gate covers
+# every path a matrix and an attention take.
+DECODE_STEPS = 300
+CHUNKS = (*[1] * DECODE_STEPS, 512, 192, 16)
 
 # int8 requantizes each row to one scale, which SmolLM2-135M's Q4_1 blocks do not survive: measured top-1
 # 0.971, mean KL 0.0035 (KL passes, top-1 does not). It stays selectable but is never a default; strict, so a
@@ -79,15 +82,19 @@ def text_ids(smollm2: LoadedModel) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_f32: LoadedModel, text_ids: list[int]) -> list[torch.Tensor]:
-    """The fp32 reference's log-probabilities, kept in fp16 (the whole text is ~240 MB that way)."""
-    return [chunk.half() for chunk in log_probs(smollm2_f32, text_ids)]
+def reference(smollm2_path: Path, text_ids: list[int]) -> list[torch.Tensor]:
+    """The fp32 reference's log-probabilities, kept in fp16 (the whole text is ~240 MB that way). Eager torch
+    ops throughout: the fused decode kernels are under test, not part of the reference."""
+    f32 = LoadedModel.from_path(smollm2_path, "cpu", "f32")
+    f32.model.fused = None
+    return [chunk.half() for chunk in log_probs(f32, text_ids)]
 
 
 def check(compute: str, device: str, smollm2_path: Path, text_ids: list[int],
           reference: list[torch.Tensor]) -> None:
     candidate = LoadedModel.from_path(smollm2_path, device, compute)
     assert candidate.model.compute.name == compute
+    assert (candidate.model.fused is not None) == (device == "cpu")  # the decode steps take the shipped path
     result = agreement(reference, log_probs(candidate, text_ids))
     print(f"{compute} on {device}: {result}")
     assert result.positions == len(text_ids)

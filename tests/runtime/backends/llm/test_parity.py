@@ -38,6 +38,7 @@ def reference_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
 def our_logits(loaded: LoadedModel, ids: torch.Tensor, prefill: int) -> torch.Tensor:
     """Prefill `prefill` tokens in one forward, then decode the rest one at a time through the static cache."""
     model = loaded.model
+    assert model.fused is not None  # the decode steps below run the fused CPU kernels
     cache = model.new_cache(1, 64)
     rows = []
     with torch.inference_mode():
