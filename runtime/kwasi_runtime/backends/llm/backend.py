@@ -174,9 +174,7 @@ class LlmContext(ExecutionContext):
 
     def _new_stream(self) -> Stream:
         o = self.options
-        # compute_single callers (guests) do their own work between steps: the next forward runs meanwhile.
-        stream = Stream(self.loaded, self.loaded.context_length(o.ctx_size), o.sampling, o.batch_size,
-                        decode_ahead=True)
+        stream = Stream(self.loaded, self.loaded.context_length(o.ctx_size), o.sampling, o.batch_size)
         stream.reserve = _reserve(o)
         return stream
 

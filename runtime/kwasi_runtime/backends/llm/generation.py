@@ -12,8 +12,6 @@ import math
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +30,11 @@ from kwasi_runtime.backends.llm.quantize import compute_type
 from kwasi_runtime.backends.llm.sampling import Sampler, SamplingParams
 from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS, Slot, SlotScheduler
 from kwasi_runtime.backends.llm.tokenizer import TextTokenizer
-from kwasi_runtime.nn import interrupt
 from kwasi_runtime.nn.abi import Errno, NNError
 from kwasi_runtime.nn.backend_api import KvCacheUsage
 
 # llama.cpp refuses prompts longer than n_ctx - 4 (room for a few generated tokens).
 PROMPT_MARGIN = 4
-# Decode-ahead requests wait here for their forward, one per stream at most; threads start as needed.
-_AHEAD = ThreadPoolExecutor(max_workers=256, thread_name_prefix="kwasi-llm-ahead")
 
 
 @dataclass
@@ -126,14 +121,10 @@ class Stream:
     appended, end-of-generation included; stopping is the caller's decision. `step()` blocks while the
     scheduler runs the forward, batched with every other stream of the model waiting at that moment.
     `release()` gives the slot back (end of generation, fini_single, close); a later step re-takes one.
-
-    With `decode_ahead`, a step hands the token it sampled to the scheduler before returning, so the next
-    forward runs while the caller handles this token (a guest's own code, the server's SSE write, the client):
-    the next step then usually finds its logits computed. A stream that ends instead wastes that one forward.
     """
 
     def __init__(self, loaded: LoadedModel, ctx_size: int, sampling: SamplingParams | None = None,
-                 batch_size: int = 512, use_cuda_graphs: bool = True, decode_ahead: bool = False) -> None:
+                 batch_size: int = 512, use_cuda_graphs: bool = True) -> None:
         self.loaded = loaded
         self.ctx_size = ctx_size
         self.batch_size = max(1, batch_size)
@@ -147,8 +138,6 @@ class Stream:
         self._use_graphs = use_cuda_graphs and graphs_supported(loaded.device)
         self._logits: torch.Tensor | None = None
         self._pending: int | None = None  # last sampled token, fed to the model on the next step
-        self.decode_ahead = decode_ahead
-        self._ahead: Future[torch.Tensor] | None = None  # the forward of `_pending`, submitted ahead
         self._n_past = 0
         self.started = False
         self.reserve = 0  # tokens the prompt must leave free in the context (reserve-n-predict)
@@ -183,7 +172,6 @@ class Stream:
 
     def release(self) -> None:
         """Gives the KV slot back; tokens and counts stay readable. Idempotent."""
-        self._ahead = None  # still queued: the scheduler fails it; running: its row is free once it is done
         if self._release_on_gc is not None:
             self._release_on_gc()  # runs scheduler.release once and disarms the finalizer
             self._release_on_gc = None
@@ -202,14 +190,9 @@ class Stream:
         elif self._slot is None:
             self._resume()
         elif self._pending is not None:
-            if self._ahead is not None:
-                self._logits = self._await(self._ahead)
-                self._ahead = None
-                self._n_past += 1
-            else:
-                if self._n_past >= self.ctx_size:
-                    raise NNError(Errno.CONTEXT_FULL, f"context of {self.ctx_size} tokens is full")
-                self._logits = self._decode(self._pending)
+            if self._n_past >= self.ctx_size:
+                raise NNError(Errno.CONTEXT_FULL, f"context of {self.ctx_size} tokens is full")
+            self._logits = self._decode(self._pending)
             self._pending = None
         assert self._logits is not None
         with one_intra_op_thread():  # see forward_thread.py: stream threads start no OpenMP teams
@@ -217,19 +200,7 @@ class Stream:
         self.tokens.append(token)
         self._history.append(token)
         self._pending = token
-        if (self.decode_ahead and self._slot is not None and self._n_past < self.ctx_size
-                and token not in self.loaded.tokenizer.eog_ids):
-            self._ahead = _AHEAD.submit(self._sched.decode, self._slot, token, self._use_graphs)
         return token
-
-    @staticmethod
-    def _await(ahead: Future[torch.Tensor]) -> torch.Tensor:
-        """The decode-ahead's logits; its errors are this step's. Stops early if the guest is stopped."""
-        while True:
-            try:
-                return ahead.result(timeout=interrupt.POLL_S)
-            except FutureTimeout:
-                interrupt.check()
 
     def _start(self) -> None:
         if not self.prompt:
