@@ -6,7 +6,8 @@ Whether that pays depends on the machine: SmolLM2 int4 on 2 shared cores gained 
 when quiet (bench/README.md, issue 14). Compiling takes 1.5-6 minutes there, so it runs beside serving:
 decode stays eager until the compiled step is ready, then switches. Opt-in (`compile` in the model's
 metadata) because that background compile is a lot of CPU for a short-lived process. One graph covers a lone
-stream (batch 1) and one every batch above it (`dynamic=True`); prefill stays eager.
+stream (batch 1) and one every batch above it (`dynamic=True`); prefill stays eager. Where the fused CPU decode
+kernels apply (`fused_decode.py`) they are faster, and `LoadedModel.compile_decode` does not compile.
 """
 
 from __future__ import annotations

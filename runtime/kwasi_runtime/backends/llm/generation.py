@@ -8,6 +8,7 @@ context, one KV-cache slot while it generates) with WasmEdge's step semantics. `
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import weakref
@@ -32,6 +33,8 @@ from kwasi_runtime.backends.llm.scheduler import DEFAULT_SLOTS, Slot, SlotSchedu
 from kwasi_runtime.backends.llm.tokenizer import TextTokenizer
 from kwasi_runtime.nn.abi import Errno, NNError
 from kwasi_runtime.nn.backend_api import KvCacheUsage
+
+log = logging.getLogger(__name__)
 
 # llama.cpp refuses prompts longer than n_ctx - 4 (room for a few generated tokens).
 PROMPT_MARGIN = 4
@@ -84,7 +87,11 @@ class LoadedModel:
 
     def compile_decode(self) -> CompiledDecode | None:
         """Starts compiling the decode step on a background thread (CPU only, once; `compiled.py`); decode
-        switches to it when it is ready. CUDA replays captured graphs instead: None there."""
+        switches to it when it is ready. CUDA replays captured graphs instead: None there. So is a model with
+        the fused CPU decode kernels: its step is faster than the compiled one (bench/README.md, issue 14)."""
+        if self.model.fused is not None:
+            log.info("compile skipped: the fused CPU decode kernels are faster than the compiled step")
+            return None
         with self._lock:
             if self.compiled is None and self.device.type == "cpu":
                 self.compiled = CompiledDecode(self.model, forward_thread().threads)
