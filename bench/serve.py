@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "tests"), str(ROOT / "bench")]
 from serve_results import (  # noqa: E402
     DIRECT,
     KWASI,
+    KWASI_RAW,
     LLAMA,
     Row,
     StreamTiming,
@@ -190,6 +191,30 @@ async def http_stream(client: object, model: str, max_tokens: int) -> StreamTimi
     return timing
 
 
+async def raw_sse_stream(session: object, url: str, model: str, max_tokens: int) -> StreamTiming:
+    """The same request read by aiohttp line by line, no JSON parsing: what the openai client's own work per
+    chunk costs the server when both share the cores (--raw-sse)."""
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    timing = StreamTiming(time.monotonic())
+    body = {"model": model, "messages": PROMPT, "stream": True, "temperature": 0, "max_tokens": max_tokens}
+    async with session.post(f"{url}/v1/chat/completions", json=body) as reply:
+        async for line in reply.content:
+            if line.startswith(b'data: {"') and b'"content":"' in line:
+                timing.token_times.append(time.monotonic())
+    return timing
+
+
+async def run_raw_sse(url: str, model: str, streams: int, max_tokens: int) -> Row:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        start = time.monotonic()
+        timings = await asyncio.gather(*(raw_sse_stream(session, url, model, max_tokens) for _ in range(streams)))
+        return Row(KWASI_RAW, streams, list(timings), time.monotonic() - start)
+
+
 async def run_http(path: str, url: str, model: str, streams: int, max_tokens: int) -> Row:
     from openai import AsyncOpenAI
 
@@ -291,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--cpu", action="store_true", help="keep the model on the CPU even with CUDA")
     p.add_argument("--no-direct", action="store_true", help="skip the direct-backend rows")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp's server")
+    p.add_argument("--raw-sse", action="store_true",
+                   help="also read kwasi with a bare SSE reader (the openai client's cost on shared cores)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="CPU threads for every path: torch intra-op threads, llama.cpp's n_threads")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions, pooled (default %(default)s)")
@@ -336,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for n in args.streams:
                 for path, (_, url) in servers.items():
                     rows.append(asyncio.run(run_http(path, url, args.model_name, n, args.max_tokens)))
+                if args.raw_sse:
+                    rows.append(asyncio.run(run_raw_sse(servers[KWASI][1], args.model_name, n, args.max_tokens)))
                 if model is not None:
                     rows.append(run_direct(model, config, n, args.max_tokens))
         for path, (proc, _) in servers.items():

@@ -13,6 +13,7 @@ TPOT_OVERHEAD_TARGET = 0.05
 SCALING_TARGET_CPU, SCALING_TARGET_GPU = 2.0, 6.0
 ONE_STREAM_VS_PEER, MANY_STREAMS_VS_PEER, SERVED_VS_DIRECT = 0.9, 2.0, 0.95
 KWASI, LLAMA, DIRECT = "kwasi", "llama.cpp", "direct"
+KWASI_RAW = "kwasi-raw"  # kwasi read by a bare SSE reader instead of the openai client (--raw-sse)
 
 
 @dataclass
@@ -101,6 +102,10 @@ def report(rows: list[Row], rss: dict[str, float]) -> None:
               f"({verdict(ratio >= SERVED_VS_DIRECT)} the >= {SERVED_VS_DIRECT:g}x target); "
               f"HTTP+sandbox overhead on time per output token {(1 / ratio - 1) * 100:+.1f}% "
               f"({verdict(1 / ratio - 1 <= TPOT_OVERHEAD_TARGET)} the <= {TPOT_OVERHEAD_TARGET * 100:.0f}% target)")
+    raw = by.get((KWASI_RAW, 1))
+    if raw and direct:
+        print(f"the same, read by a bare SSE reader (no openai client parsing on the shared cores): "
+              f"{direct.tpot / raw.tpot:.2f}x")
     most = max((r.streams for r in rows), default=1)
     for path in (KWASI, DIRECT):
         one, many = by.get((path, 1)), by.get((path, most))
