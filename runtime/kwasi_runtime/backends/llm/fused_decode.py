@@ -2,7 +2,7 @@
 
 Per layer that is four matrix calls (torch's int4/int8/dense kernels, on its OpenMP team) and three kernel
 calls: residual add + RMSNorm, RoPE + KV write + attention, silu(gate)·up. Eager torch ran ~30 ops a layer
-there; SmolLM2-135M int4 went from 12.4-12.9 to 7.7-8.0 ms a token on 2 cores (bench/README.md, issue 14).
+there; SmolLM2-135M int4 went from 12.4-12.9 to 6.9-8.0 ms a token on 2 cores (bench/README.md, issue 14).
 The kernel attends single-threaded: past `ATTEND_PAIRS` rows x keys torch's SDPA on all threads is faster, so
 there the kernel only rotates and writes, and SDPA attends. Numerics match the eager path (fp32 residual
 stream, activations rounded to the matrices' dtype where eager casts them); `test_fused_decode.py` holds them to it.
