@@ -2,7 +2,7 @@
 
 `KWASI_CPU_KERNELS` names a prebuilt library (the runtime image ships one, built by this file run as a script);
 otherwise the source is compiled on first use into `<cache>/cpu-kernels/` with `$CC`, `cc`, `gcc` or zig's
-(`python -m ziglang cc`), keyed by the source and flags. With no compiler (or `KWASI_CPU_KERNELS=off`) `load()`
+(`python -m ziglang cc`), keyed by the source, flags and CPU. With no compiler (or `KWASI_CPU_KERNELS=off`) `load()`
 returns None and decode runs eager torch ops (logged once). Only the standard library here: the image builds
 the library in a stage without torch.
 
@@ -96,8 +96,17 @@ def cache_dir() -> Path:
     return Path(base) / "kwasi" / "cpu-kernels"
 
 
+def cpu_features() -> str:
+    """What -march=native compiles for: a native build cached in a shared home must not reach another CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
 def cached_build() -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, NATIVE)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, NATIVE, cpu_features())).encode()).hexdigest()[:16]
     path = cache_dir() / f"libkwasi_cpu_{key}.so"
     if not path.is_file():
         build(path)
