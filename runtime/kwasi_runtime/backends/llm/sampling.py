@@ -122,8 +122,8 @@ class Sampler:
             keep = probs >= p.min_p * probs[0]
             values, indices = values[keep], indices[keep]
         # Relative to the best score (values are sorted): a temperature near 0 then sharpens instead of
-        # overflowing to inf - inf.
-        probs = torch.softmax((values - values[0]) / p.temp, dim=-1)
+        # overflowing to inf - inf; one below fp32's range divides by 0, where the best scores' 0 / 0 is 0.
+        probs = torch.softmax(torch.nan_to_num((values - values[0]) / p.temp, nan=0.0), dim=-1)
         choice = torch.multinomial(probs, 1, generator=self.generator)
         return int(indices[choice])
 

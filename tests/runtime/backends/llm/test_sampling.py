@@ -96,8 +96,10 @@ def test_repeat_penalty_changes_greedy_choice() -> None:
 
 @pytest.mark.parametrize("params", [SamplingParams(temp=1.0, repeat_penalty=7.6e-139, seed=1),
                                     SamplingParams(temp=1e-40, seed=1),
+                                    SamplingParams(temp=2.2250738585e-313, seed=1),
                                     SamplingParams(temp=1e-40, repeat_penalty=1e-30, top_p=0.5, min_p=0.1, seed=1)],
-                         ids=["penalty near 0", "temperature near 0", "both, with top-p and min-p"])
+                         ids=["penalty near 0", "temperature near 0", "temperature 0 in fp32",
+                              "both, with top-p and min-p"])
 def test_extreme_accepted_values_still_sample(params: SamplingParams) -> None:
     """Found by the serve fuzz test: a positive penalty near 0 overflowed fp32 and multinomial raised."""
     logits = torch.tensor([3.0, 1.0, -2.0, 5.0])
