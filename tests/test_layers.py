@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "kwasi_runtime.wasm": 0,
     "kwasi_runtime.fetch": 0,
     "kwasi_runtime.sample_models": 0,
+    "kwasi_runtime.cache_home": 0,
     # the WASI-NN host and the interface backends implement
     "kwasi_runtime.nn": 1,
     "kwasi_runtime.backends": 2,

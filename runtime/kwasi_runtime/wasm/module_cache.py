@@ -10,17 +10,15 @@ from pathlib import Path
 
 import wasmtime
 
+from kwasi_runtime.cache_home import ENV, kwasi_cache_home
 from kwasi_runtime.wasm.engine import EngineSettings
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("KWASI_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kwasi" / "modules"
+    env = os.environ.get(ENV)
+    return Path(env) if env else kwasi_cache_home() / "modules"
 
 
 def cache_key(wasm: bytes, settings: EngineSettings) -> str:

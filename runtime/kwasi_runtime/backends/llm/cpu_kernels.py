@@ -32,8 +32,9 @@ ENV = "KWASI_CPU_KERNELS"
 # -fopenmp-simd: the `omp simd` loops vectorise (reductions included) without linking an OpenMP runtime, which
 # would be a second one beside torch's.
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-Wall", "-Werror")
-NATIVE, PORTABLE = "-march=native", "-march=x86-64-v3"  # AVX2 + FMA: any x86 server of the last decade
-ZIG_NATIVE, ZIG_PORTABLE = "-mcpu=native", "-mcpu=x86_64_v3"
+# (zig, portable) -> the CPU flag; portable is x86-64-v3, AVX2 + FMA: any x86 server of the last decade.
+MARCH = {(False, False): "-march=native", (False, True): "-march=x86-64-v3",
+         (True, False): "-mcpu=native", (True, True): "-mcpu=x86_64_v3"}
 
 P, I64, INT, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
@@ -71,15 +72,14 @@ def build(out: Path, portable: bool = False, compilers: list[list[str]] | None =
     """Compiles the library to `out` with the first compiler that can (atomically: concurrent builders each
     write a temporary file first)."""
     errors = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     for cc in available_compilers() if compilers is None else compilers:
         zig = "ziglang" in cc
-        march = (ZIG_PORTABLE if zig else PORTABLE) if portable else (ZIG_NATIVE if zig else NATIVE)
         # zig compiles for its host unless told; a portable library targets the oldest glibc it supports.
         target = ["-target", "x86_64-linux-gnu"] if portable and zig else []
-        out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             part = Path(tmp) / out.name
-            cmd = [*cc, *target, *FLAGS, march, "-o", str(part), str(SOURCE), "-lm"]
+            cmd = [*cc, *target, *FLAGS, MARCH[zig, portable], "-o", str(part), str(SOURCE), "-lm"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
             if done.returncode == 0:
                 os.replace(part, out)
@@ -89,11 +89,12 @@ def build(out: Path, portable: bool = False, compilers: list[list[str]] | None =
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("KWASI_CACHE_DIR")
-    if env:
-        return Path(env) / "cpu-kernels"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kwasi" / "cpu-kernels"
+    # Imported here: run as a script (the image's build stage) this file has no package around it.
+    from kwasi_runtime.cache_home import ENV as CACHE_ENV
+    from kwasi_runtime.cache_home import kwasi_cache_home
+
+    env = os.environ.get(CACHE_ENV)
+    return (Path(env) if env else kwasi_cache_home()) / "cpu-kernels"
 
 
 def cpu_features() -> str:
@@ -106,7 +107,8 @@ def cpu_features() -> str:
 
 
 def cached_build() -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, NATIVE, cpu_features())).encode()).hexdigest()[:16]
+    flags = repr((FLAGS, MARCH[False, False], cpu_features())).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + flags).hexdigest()[:16]
     path = cache_dir() / f"libkwasi_cpu_{key}.so"
     if not path.is_file():
         build(path)
