@@ -139,30 +139,16 @@ class Load:
 
     def run(self, rounds: int = 3, pause_s: float = 2.0, long_prompt_words: int = 40,
             too_long_words: int = 400) -> LoadReport:
-        """Rounds of the mix, spread over time so rate windows see traffic at more than one point, beside one
-        steady stream of long answers: gauges are read only at scrapes (KV usage, running requests), and the
-        mix's own requests can all fall between two scrapes on a fast model."""
-        done = threading.Event()
-
-        def steady() -> None:
-            while not done.is_set():
-                self.streamed("Write a long story.", max_tokens=200)  # inside the smallest test model's context
-
-        background = threading.Thread(target=steady, daemon=True)
-        background.start()
-        try:
-            for r in range(rounds):
-                for _ in range(3):
-                    self.streamed()
-                self.whole()
-                self.burst(6)
-                self.abort()
-                self.streamed(" ".join(["long"] * long_prompt_words), max_tokens=4)
-                if r == 0:
-                    self.whole(" ".join(["overflow"] * too_long_words), max_tokens=4)
-                time.sleep(pause_s)
-        finally:
-            done.set()
-            background.join()
+        """Rounds of the mix, spread over time so rate windows see traffic at more than one point."""
+        for r in range(rounds):
+            for _ in range(3):
+                self.streamed()
+            self.whole()
+            self.burst(6)
+            self.abort()
+            self.streamed(" ".join(["long"] * long_prompt_words), max_tokens=4)
+            if r == 0:
+                self.whole(" ".join(["overflow"] * too_long_words), max_tokens=4)
+            time.sleep(pause_s)
         self.client.close()
         return self.report
