@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,16 +35,20 @@ class RuntimeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
+        # A file, not a pipe: a pipe nobody reads until the end fills with the server's request log and then
+        # blocks its event loop in a log write.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the process, closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kwasi_runtime.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--nn-preload", f"default:GGML:AUTO:{gguf}", "--max-concurrency", str(max_concurrency),
              "--max-queue", str(max_queue), "--timeout", str(timeout_s), "--grace-period", "5", "--no-cache"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            env=env, stdout=subprocess.DEVNULL, stderr=self.log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + ready_timeout_s
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.stderr()
                 self.stop()
-                raise RuntimeError(f"kwasi-runtime serve did not become ready: {self.stderr()}")
+                raise RuntimeError(f"kwasi-runtime serve did not become ready: {log}")
             time.sleep(0.2)
 
     def _ready(self) -> bool:
@@ -53,9 +58,8 @@ class RuntimeProcess:
             return False
 
     def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")[-4000:]
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -65,8 +69,7 @@ class RuntimeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.log.close()
 
 
 @dataclass
@@ -96,7 +99,8 @@ class Load:
         self.max_tokens = max_tokens
         self.report = LoadReport()
 
-    def streamed(self, text: str = "Tell me about WebAssembly.", max_tokens: int | None = None) -> None:
+    def streamed(self, text: str = "Tell me about WebAssembly.", max_tokens: int | None = None) -> int:
+        """One streamed answer, read to the end; its HTTP status."""
         try:
             stream = self.client.chat.completions.create(
                 model="default", messages=_messages(text), stream=True, max_tokens=max_tokens or self.max_tokens,
@@ -105,8 +109,10 @@ class Load:
             for chunk in stream:
                 usage = chunk.usage or usage
             self.report.add(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+            return 200
         except openai.APIStatusError as e:
             self.report.add(e.status_code)
+            return e.status_code
 
     def whole(self, text: str = "What is a KV cache?", max_tokens: int | None = None) -> None:
         try:
@@ -139,16 +145,33 @@ class Load:
 
     def run(self, rounds: int = 3, pause_s: float = 2.0, long_prompt_words: int = 40,
             too_long_words: int = 400) -> LoadReport:
-        """Rounds of the mix, spread over time so rate windows see traffic at more than one point."""
-        for r in range(rounds):
-            for _ in range(3):
-                self.streamed()
-            self.whole()
-            self.burst(6)
-            self.abort()
-            self.streamed(" ".join(["long"] * long_prompt_words), max_tokens=4)
-            if r == 0:
-                self.whole(" ".join(["overflow"] * too_long_words), max_tokens=4)
-            time.sleep(pause_s)
+        """Rounds of the mix, spread over time so rate windows see traffic at more than one point, beside one
+        steady stream of long answers: gauges are read only at scrapes (KV usage, running requests), and the
+        mix's own requests can all fall between two scrapes on a fast model."""
+        done = threading.Event()
+
+        def steady() -> None:
+            while not done.is_set():
+                # Long, but inside the smallest test model's context; refused (a burst holds the slots), it
+                # backs off as a client told Retry-After would.
+                if self.streamed("Write a long story.", max_tokens=200) != 200:
+                    done.wait(0.2)
+
+        background = threading.Thread(target=steady, daemon=True)
+        background.start()
+        try:
+            for r in range(rounds):
+                for _ in range(3):
+                    self.streamed()
+                self.whole()
+                self.burst(6)
+                self.abort()
+                self.streamed(" ".join(["long"] * long_prompt_words), max_tokens=4)
+                if r == 0:
+                    self.whole(" ".join(["overflow"] * too_long_words), max_tokens=4)
+                time.sleep(pause_s)
+        finally:
+            done.set()
+            background.join()
         self.client.close()
         return self.report

@@ -123,13 +123,17 @@ class GuestRunner:
                     return await self._stream(request, job, flavour)
             except TimeoutError:
                 return await self._deadline_passed(request, job, flavour)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except (asyncio.CancelledError, ConnectionResetError) as gone:
             # The client went away: stop the guest at its next WASI-NN call (frees its KV slot).
             # A client that leaves right after the last event (e.g. `[DONE]`) races the guest's exit; only a
             # guest that was actually interrupted makes the request an abort (see _part_done).
             job.cancel.set()
             job.pipe.close_reader()
-            raise
+            if isinstance(gone, asyncio.CancelledError):
+                raise
+            # A reset seen by a write, before aiohttp noticed the lost connection: an everyday event, not a
+            # server error. Returned, the response's end fails quietly; raised, aiohttp logs a 500 traceback.
+            return job.response or web.Response(status=CLIENT_CLOSED)
         finally:
             self._part_done(job)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -55,6 +57,32 @@ def test_disconnect_mid_stream_cancels_the_guest_and_frees_its_context() -> None
         assert model.live == 0
     finally:
         s.stop()
+
+
+def test_clients_resetting_fast_streams_are_aborts_not_server_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A reset can reach a write before aiohttp sees the connection go: still a 499, no 500 traceback (logged
+    once per abort, such tracebacks filled the stderr pipe of a busy server)."""
+    model = ScriptedTokens(endless=True)  # no delay: the guest writes while the client leaves
+    s = ServerThread(model)
+    caplog.set_level(logging.INFO)
+    n = 30
+    try:
+        for _ in range(n):
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT),
+                         headers={"Content-Type": "application/json"})
+            assert conn.getresponse().status == 200
+            assert conn.sock is not None
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            conn.close()
+        s.wait_idle()
+        labels = {"model": "default", "module": "openai_chat"}
+        wait_for(lambda: s.sample("kwasi_requests_total", **labels, status="499", finish_reason="abort") == n)
+        assert s.server.runner.admission.running == 0
+        assert model.live == 0
+    finally:
+        s.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_queue_beyond_concurrency_and_429_beyond_the_queue() -> None:
