@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from kwasi_runtime.nn.host import NNHost
 from kwasi_runtime.nn.interrupt import DeadlineExceeded, GuestCancelled
 from kwasi_runtime.wasm.engine import EngineSettings, deadline_ticks, shared_engine
 from kwasi_runtime.wasm.module_cache import default_cache_dir, load_module
+from kwasi_runtime.wasm.stdio import DirectStdio, Output
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,6 @@ def parse_dir(value: str) -> Preopen:
     if not Path(host).is_dir():
         raise ValueError(f"--dir {value!r}: host directory {host!r} does not exist")
     return Preopen(Path(host), guest, writable)
-
-
-Output = Literal["inherit", "discard"] | Callable[[bytes], None]
 
 
 class GuestStartError(RuntimeError):
@@ -127,6 +126,12 @@ class Sandbox:
         # Guests built for other hosts may import more; they fail only if they call it.
         linker.define_unknown_imports_as_traps(self.module)
         self._pre = linker.instantiate_pre(self.module)
+        # Runs that can open no file for writing write stdout/stderr on their own thread (wasm/stdio.py).
+        self._stdio = DirectStdio() if fast_calls and DirectStdio.available() else None
+        self._pre_direct = None
+        if self._stdio is not None:
+            self._stdio.define(linker)
+            self._pre_direct = linker.instantiate_pre(self.module)
 
     @contextmanager
     def instance(
@@ -141,13 +146,20 @@ class Sandbox:
         if self.settings.fuel:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
         store.set_epoch_deadline(deadline_ticks(None if deadline is None else max(0.001, deadline - time.monotonic())))
-        store.set_wasi(_wasi_config(wasi))
-        with self.host.guest_run(cancel, deadline) as run:
-            instance = self._pre.instantiate(store)
+        direct = self._stdio is not None and not any(d.writable for d in wasi.dirs)
+        store.set_wasi(_wasi_config(wasi, outputs=not direct))
+        with contextlib.ExitStack() as stack:
+            stdio = stack.enter_context(self._stdio.bound(wasi.stdout, wasi.stderr)) \
+                if direct and self._stdio is not None else None
+            run = stack.enter_context(self.host.guest_run(cancel, deadline))
+            pre = self._pre_direct if stdio is not None and self._pre_direct is not None else self._pre
+            instance = pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
             if isinstance(memory, wasmtime.Memory):
                 run.memory = GuestMemory(memory)
+                if stdio is not None:
+                    stdio.memory = memory
             yield GuestInstance(store, instance, exports)
 
     def check_instantiates(self) -> None:
@@ -212,7 +224,8 @@ class GuestInstance:
     exports: InstanceExports
 
 
-def _wasi_config(setup: WasiSetup) -> wasmtime.WasiConfig:
+def _wasi_config(setup: WasiSetup, outputs: bool = True) -> wasmtime.WasiConfig:
+    """`outputs=False`: stdout and stderr are left to DirectStdio (WASI's default for them is a sink)."""
     cfg = wasmtime.WasiConfig()
     cfg.argv = list(setup.args)
     # Only what the caller passes: the host environment never leaks into a guest.
@@ -223,8 +236,9 @@ def _wasi_config(setup: WasiSetup) -> wasmtime.WasiConfig:
         cfg.inherit_stdin()
     elif isinstance(setup.stdin, Path):
         cfg.stdin_file = str(setup.stdin)
-    _set_output(cfg, setup.stdout, "stdout")
-    _set_output(cfg, setup.stderr, "stderr")
+    if outputs:
+        _set_output(cfg, setup.stdout, "stdout")
+        _set_output(cfg, setup.stderr, "stderr")
     return cfg
 
 
