@@ -127,11 +127,11 @@ class Sandbox:
         linker.define_unknown_imports_as_traps(self.module)
         self._pre = linker.instantiate_pre(self.module)
         # Runs that can open no file for writing write stdout/stderr on their own thread (wasm/stdio.py).
-        self._stdio = DirectStdio() if fast_calls and DirectStdio.available() else None
-        self._pre_direct = None
-        if self._stdio is not None:
-            self._stdio.define(linker)
-            self._pre_direct = linker.instantiate_pre(self.module)
+        self._direct: tuple[DirectStdio, wasmtime.InstancePre] | None = None
+        if fast_calls and DirectStdio.available():
+            stdio = DirectStdio()
+            stdio.define(linker)
+            self._direct = (stdio, linker.instantiate_pre(self.module))
 
     @contextmanager
     def instance(
@@ -146,20 +146,18 @@ class Sandbox:
         if self.settings.fuel:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
         store.set_epoch_deadline(deadline_ticks(None if deadline is None else max(0.001, deadline - time.monotonic())))
-        direct = self._stdio is not None and not any(d.writable for d in wasi.dirs)
-        store.set_wasi(_wasi_config(wasi, outputs=not direct))
+        direct = None if any(d.writable for d in wasi.dirs) else self._direct
+        store.set_wasi(_wasi_config(wasi, outputs=direct is None))
         with contextlib.ExitStack() as stack:
-            stdio = stack.enter_context(self._stdio.bound(wasi.stdout, wasi.stderr)) \
-                if direct and self._stdio is not None else None
+            stdio = None if direct is None else stack.enter_context(direct[0].bound(wasi.stdout, wasi.stderr))
             run = stack.enter_context(self.host.guest_run(cancel, deadline))
-            pre = self._pre_direct if stdio is not None and self._pre_direct is not None else self._pre
-            instance = pre.instantiate(store)
+            instance = (self._pre if direct is None else direct[1]).instantiate(store)
             exports = instance.exports(store)
             memory = exports.get("memory")
             if isinstance(memory, wasmtime.Memory):
                 run.memory = GuestMemory(memory)
                 if stdio is not None:
-                    stdio.memory = memory
+                    stdio.memory = run.memory
             yield GuestInstance(store, instance, exports)
 
     def check_instantiates(self) -> None:

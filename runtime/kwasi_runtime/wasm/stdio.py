@@ -10,13 +10,11 @@ why a sandbox links it only for runs without a writable preopen.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import wasmtime
 
@@ -28,15 +26,19 @@ ERRNO_BADF = 8
 ERRNO_FAULT = 21  # an iovec or the result pointer outside linear memory
 ERRNO_INVAL = 28
 IOV_MAX = 1024  # as POSIX caps writev: one call cannot make the host walk millions of iovecs
-_IOVEC = struct.Struct("<II")
-_U32 = struct.Struct("<I")
 _U32_MASK = 0xFFFFFFFF
 
+
+class GuestBytes(Protocol):
+    """The bounds-checked view of a run's linear memory the host already keeps (nn's GuestMemory)."""
+
+    def fits(self, store: Any, ptr: int, length: int) -> bool: ...
+    def read(self, store: Any, ptr: int, length: int) -> bytes: ...
+    def read_u32_array(self, store: Any, ptr: int, count: int) -> tuple[int, ...]: ...
+    def write_u32(self, store: Any, ptr: int, value: int) -> None: ...
+
+
 Output = Literal["inherit", "discard"] | Callable[[bytes], None]
-
-
-class _Fault(Exception):
-    pass
 
 
 def _discard(_data: bytes) -> None:
@@ -62,7 +64,7 @@ class _Run:
 
     def __init__(self, sinks: tuple[Callable[[bytes], None], Callable[[bytes], None]]) -> None:
         self.sinks = sinks
-        self.memory: wasmtime.Memory | None = None
+        self.memory: GuestBytes | None = None
 
 
 class DirectStdio:
@@ -98,31 +100,18 @@ class DirectStdio:
         run: _Run | None = getattr(self._local, "run", None)
         if run is None or run.memory is None or fd not in (1, 2):
             return ERRNO_BADF
-        if count & _U32_MASK > IOV_MAX:
+        count &= _U32_MASK
+        if count > IOV_MAX:
             return ERRNO_INVAL
-        try:
-            view = _view(run.memory, caller)
-            data = b"".join(_slice(view, *_IOVEC.unpack(_slice(view, iovs + 8 * i, 8)))
-                            for i in range(count & _U32_MASK))
-            if (nwritten & _U32_MASK) + 4 > len(view):
-                raise _Fault
-        except _Fault:
+        mem = run.memory
+        if not mem.fits(caller, iovs, 8 * count) or not mem.fits(caller, nwritten, 4):
             return ERRNO_FAULT
+        flat = mem.read_u32_array(caller, iovs, 2 * count)
+        spans = list(zip(flat[::2], flat[1::2], strict=True))
+        if not all(mem.fits(caller, ptr, length) for ptr, length in spans):
+            return ERRNO_FAULT  # checked whole before anything is written
+        data = b"".join(mem.read(caller, ptr, length) for ptr, length in spans)
         if data:
             run.sinks[fd - 1](data)
-        _U32.pack_into(view, nwritten & _U32_MASK, len(data))
+        mem.write_u32(caller, nwritten, len(data))
         return ERRNO_SUCCESS
-
-
-def _view(memory: wasmtime.Memory, caller: raw_linker.RawCaller) -> memoryview:
-    # RawCaller stands in for a Caller: wasmtime-py's Memory only calls its _context().
-    size = memory.data_len(caller)  # type: ignore[arg-type]
-    base = ctypes.addressof(memory.data_ptr(caller).contents)  # type: ignore[arg-type]
-    return memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")
-
-
-def _slice(view: memoryview, ptr: int, length: int) -> bytes:
-    ptr &= _U32_MASK
-    if ptr + length > len(view):
-        raise _Fault
-    return view[ptr: ptr + length].tobytes()
