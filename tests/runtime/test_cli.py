@@ -79,12 +79,14 @@ def test_timeout_exits_124_and_stdout_is_live(wat_files: dict[str, Path]) -> Non
     proc = subprocess.Popen([*EXE, "--no-cache", "--timeout", "3", str(wat_files["tick_spin"])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stderr is not None
-    start = time.monotonic()
     line = proc.stdout.readline()
+    tick = time.monotonic()
     assert line == b"tick\n"
     assert proc.poll() is None, "the tick arrived only after the guest ended"
-    assert time.monotonic() - start < 3
     assert proc.wait(timeout=30) == 124
+    # Timed from the tick, not from the process start (imports alone take ~3 s on a busy 2-core machine): the
+    # guest writes at once and then spins for its whole 3 s, so a live stdout shows the tick well before exit.
+    assert time.monotonic() - tick > 2
     assert b"deadline exceeded" in proc.stderr.read()
 
 
